@@ -1,0 +1,40 @@
+//! # flashmla
+//!
+//! DeepSeek's [FlashMLA](https://github.com/deepseek-ai/FlashMLA) multi-head latent attention (MLA)
+//! decode kernels, rebuilt in Rust: the GPU kernels are Rust compiled to PTX by rustc's NVPTX backend
+//! (`kernels/`), the host side uses [`cudarc`] and loads the CUDA driver at run time, so nothing here
+//! needs a C++ or CUDA toolkit and binaries start (and report [`Error::NoDriver`]) on machines without
+//! a GPU.
+//!
+//! The API follows FlashMLA's two calls:
+//! 1. scheduling metadata for a batch ([`FlashMla::get_mla_metadata`], or [`get_mla_metadata_cpu`]);
+//! 2. the decode itself, which consumes it.
+//!
+//! ```no_run
+//! use flashmla::{DecodeShape, FlashMla};
+//! # fn main() -> flashmla::Result<()> {
+//! let flashmla = FlashMla::new(0)?;
+//! let stream = flashmla.new_stream()?;
+//! let shape = DecodeShape::new(2, 1, 128, 1)?; // b, s_q, h_q, h_kv
+//! let seqlens = stream.clone_htod(&[4641i32, 45118]).map_err(|e| flashmla::Error::Cuda { op: "htod", source: e })?;
+//! let mut metadata = flashmla.alloc_sched_metadata(&stream, shape)?;
+//! flashmla.get_mla_metadata(&stream, &seqlens, &mut metadata)?;
+//! let host = metadata.to_host(&stream)?;
+//! println!("{} split slots", host.total_splits());
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod error;
+mod launch;
+pub mod ptx;
+pub mod rng;
+mod runtime;
+mod sched;
+
+pub use error::{Error, Result};
+/// The records and constants shared with the GPU kernels (the `flashmla-abi` crate).
+pub use flashmla_abi as abi;
+pub use runtime::{driver_available, DeviceInfo, FlashMla, KernelInfo};
+pub use sched::{get_mla_metadata_cpu, DecodeShape, SchedMetadata, Schedule};

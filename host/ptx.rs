@@ -1,0 +1,130 @@
+//! The PTX modules built by `build.rs` from `kernels/`, embedded in the binary.
+
+/// Target architecture of an embedded PTX module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PtxArch {
+    /// Hopper (`sm_90a`): needs compute capability exactly 9.0; uses wgmma, TMA and `setmaxnreg`.
+    Sm90a,
+    /// Ampere and newer (`sm_80`): portable kernels, JIT-compiled by the driver for any device ≥ 8.0.
+    Sm80,
+}
+
+impl PtxArch {
+    /// The `ptxas -arch` value for this module.
+    pub const fn ptxas_arch(self) -> &'static str {
+        match self {
+            PtxArch::Sm90a => "sm_90a",
+            PtxArch::Sm80 => "sm_80",
+        }
+    }
+
+    /// The module to run on a device of compute capability `major.minor`, if any.
+    pub const fn for_compute_capability(major: i32, minor: i32) -> Option<PtxArch> {
+        match (major, minor) {
+            (9, 0) => Some(PtxArch::Sm90a),
+            (m, _) if m >= 8 => Some(PtxArch::Sm80),
+            _ => None,
+        }
+    }
+}
+
+/// One embedded PTX module.
+#[derive(Clone, Copy, Debug)]
+pub struct PtxModule {
+    /// Its architecture.
+    pub arch: PtxArch,
+    /// Its file name stem (`flashmla_sm90a`, ...).
+    pub name: &'static str,
+    /// The PTX text.
+    pub source: &'static str,
+}
+
+impl PtxModule {
+    /// Names of the kernels (`.entry` functions) the module defines.
+    pub fn kernel_names(&self) -> impl Iterator<Item = &'static str> {
+        self.source.lines().filter_map(|line| {
+            let rest = line.trim_start().strip_prefix(".visible .entry ")?;
+            Some(rest.split('(').next().unwrap_or(rest).trim())
+        })
+    }
+
+    /// Whether the module defines kernel `name`.
+    pub fn has_kernel(&self, name: &str) -> bool {
+        self.kernel_names().any(|k| k == name)
+    }
+}
+
+/// Every module this build embeds.
+pub const MODULES: [PtxModule; 2] = [
+    PtxModule {
+        arch: PtxArch::Sm90a,
+        name: "flashmla_sm90a",
+        source: include_str!(concat!(env!("OUT_DIR"), "/flashmla_sm90a.ptx")),
+    },
+    PtxModule {
+        arch: PtxArch::Sm80,
+        name: "flashmla_sm80",
+        source: include_str!(concat!(env!("OUT_DIR"), "/flashmla_sm80.ptx")),
+    },
+];
+
+/// The embedded module for `arch`.
+pub fn module(arch: PtxArch) -> &'static PtxModule {
+    MODULES
+        .iter()
+        .find(|m| m.arch == arch)
+        .unwrap_or(&MODULES[0])
+}
+
+/// Kernel names the host launches; each is an `#[unsafe(no_mangle)]` entry point in `kernels/src`.
+pub mod kernel {
+    /// `kernels/src/sched_meta.rs`.
+    pub const GET_DECODING_SCHED_META: &str = "flashmla_get_decoding_sched_meta";
+    /// Every kernel the host looks up.
+    pub const ALL: &[&str] = &[GET_DECODING_SCHED_META];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_module_defines_every_host_kernel() {
+        for m in MODULES {
+            assert!(m.source.contains(".target"), "{} is empty", m.name);
+            for k in kernel::ALL {
+                assert!(
+                    m.has_kernel(k),
+                    "{} lacks {k}; it has {:?}",
+                    m.name,
+                    m.kernel_names().collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn modules_target_their_arch() {
+        for m in MODULES {
+            let target = format!(".target {}", m.arch.ptxas_arch());
+            assert!(
+                m.source.lines().any(|l| l.trim() == target),
+                "{} lacks `{target}`",
+                m.name
+            );
+            assert!(
+                m.source.contains(".version 8."),
+                "{}: PTX ISA below 8.x",
+                m.name
+            );
+        }
+    }
+
+    #[test]
+    fn arch_selection() {
+        assert_eq!(PtxArch::for_compute_capability(9, 0), Some(PtxArch::Sm90a));
+        assert_eq!(PtxArch::for_compute_capability(8, 9), Some(PtxArch::Sm80));
+        assert_eq!(PtxArch::for_compute_capability(12, 0), Some(PtxArch::Sm80));
+        assert_eq!(PtxArch::for_compute_capability(7, 5), None);
+    }
+}

@@ -1,0 +1,262 @@
+//! [`FlashMla`]: a device, its CUDA context and flashmla's kernels loaded into it.
+
+use crate::ptx::{self, PtxArch, PtxModule};
+use crate::{Error, Result};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+use std::sync::{Arc, Mutex, Weak};
+
+/// What flashmla knows about the device it runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Device ordinal.
+    pub ordinal: usize,
+    /// Marketing name (`NVIDIA H200`).
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub compute_capability: (i32, i32),
+    /// Streaming multiprocessors.
+    pub sm_count: u32,
+    /// Global memory, bytes.
+    pub total_memory_bytes: usize,
+    /// L2 cache, bytes.
+    pub l2_cache_bytes: u32,
+    /// Shared memory one block may opt into, bytes.
+    pub max_shared_memory_per_block_optin: u32,
+    /// CUDA driver version (`12080` = 12.8).
+    pub driver_version: i32,
+    /// The PTX module chosen for this device.
+    pub arch: PtxArch,
+}
+
+/// Resources of one kernel as the driver compiled it for this device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelInfo {
+    /// Kernel name.
+    pub name: String,
+    /// Registers per thread.
+    pub registers: i32,
+    /// Static shared memory, bytes.
+    pub static_shared_bytes: i32,
+    /// Local memory (stack, spills) per thread, bytes.
+    pub local_bytes: i32,
+    /// Largest block the kernel can be launched with.
+    pub max_threads_per_block: i32,
+    /// Virtual architecture of the PTX the kernel was JIT-compiled from (90 = compute_90).
+    pub ptx_version: i32,
+    /// Architecture of the SASS the driver produced (90 = sm_90).
+    pub binary_version: i32,
+}
+
+pub(crate) struct Inner {
+    pub ctx: Arc<CudaContext>,
+    pub module: Arc<CudaModule>,
+    pub ptx: &'static PtxModule,
+    pub info: DeviceInfo,
+    pub sched_meta: CudaFunction,
+}
+
+/// A CUDA device with flashmla's PTX module loaded into its context.
+///
+/// Cheap to clone (an `Arc`). The module is loaded once per context: every handle made for the same
+/// context shares it. All launches go to a stream the caller passes.
+///
+/// ```no_run
+/// # fn main() -> flashmla::Result<()> {
+/// let flashmla = flashmla::FlashMla::new(0)?; // Err(Error::NoDriver) on a machine without a GPU
+/// println!("{} with {} SMs", flashmla.device_info().name, flashmla.device_info().sm_count);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct FlashMla {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FlashMla {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlashMla")
+            .field("device", &self.inner.info)
+            .finish()
+    }
+}
+
+/// One loaded module per live context, keyed by the `CUcontext` handle.
+static LOADED: Mutex<Vec<(usize, Weak<Inner>)>> = Mutex::new(Vec::new());
+
+/// Whether the CUDA driver library can be loaded on this machine.
+pub fn driver_available() -> bool {
+    // SAFETY: only tries to dlopen libcuda; loads nothing into the process if it fails.
+    unsafe { sys::is_culib_present() }
+}
+
+impl FlashMla {
+    /// Opens device `ordinal` (its primary context) and loads the kernels.
+    ///
+    /// Errors: [`Error::NoDriver`] without an NVIDIA driver, [`Error::NoDevice`] for a bad ordinal,
+    /// [`Error::UnsupportedArch`] for a device older than sm_80.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !driver_available() {
+            return Err(Error::NoDriver);
+        }
+        let count = CudaContext::device_count().map_err(Error::cuda("cuDeviceGetCount"))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::NoDevice {
+                ordinal,
+                count: count.max(0) as usize,
+            });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(Error::cuda("cuDevicePrimaryCtxRetain"))?;
+        Self::with_context(ctx)
+    }
+
+    /// Uses an existing cudarc context (e.g. the one a candle or mistral.rs device owns).
+    pub fn with_context(ctx: Arc<CudaContext>) -> Result<Self> {
+        let key = ctx.cu_ctx() as usize;
+        let mut loaded = LOADED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        loaded.retain(|(_, weak)| weak.strong_count() > 0);
+        if let Some(inner) = loaded
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return Ok(Self { inner });
+        }
+        let inner = Arc::new(Self::load(ctx)?);
+        loaded.push((key, Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    fn load(ctx: Arc<CudaContext>) -> Result<Inner> {
+        let attr = |a| {
+            ctx.attribute(a)
+                .map_err(Error::cuda("cuDeviceGetAttribute"))
+        };
+        use sys::CUdevice_attribute as A;
+        let name = ctx.name().map_err(Error::cuda("cuDeviceGetName"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(Error::cuda("cuDeviceGetAttribute"))?;
+        let arch = PtxArch::for_compute_capability(major, minor).ok_or_else(|| {
+            Error::UnsupportedArch {
+                name: name.clone(),
+                major,
+                minor,
+            }
+        })?;
+        let mut driver_version = 0;
+        // SAFETY: writes one int.
+        unsafe { sys::cuDriverGetVersion(&mut driver_version) }
+            .result()
+            .map_err(Error::cuda("cuDriverGetVersion"))?;
+        let info = DeviceInfo {
+            ordinal: ctx.ordinal(),
+            name,
+            compute_capability: (major, minor),
+            sm_count: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
+            total_memory_bytes: ctx.total_mem().map_err(Error::cuda("cuDeviceTotalMem"))?,
+            l2_cache_bytes: attr(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)? as u32,
+            max_shared_memory_per_block_optin: attr(
+                A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )? as u32,
+            driver_version,
+            arch,
+        };
+        let ptx = ptx::module(arch);
+        let module = ctx
+            .load_module(Ptx::from_src(ptx.source))
+            .map_err(Error::cuda("cuModuleLoadData"))?;
+        let function = |name: &'static str| {
+            if !ptx.has_kernel(name) {
+                return Err(Error::MissingKernel {
+                    name,
+                    module: ptx.name,
+                });
+            }
+            module
+                .load_function(name)
+                .map_err(Error::cuda("cuModuleGetFunction"))
+        };
+        let sched_meta = function(ptx::kernel::GET_DECODING_SCHED_META)?;
+        Ok(Inner {
+            ctx: ctx.clone(),
+            module: module.clone(),
+            ptx,
+            info,
+            sched_meta,
+        })
+    }
+
+    /// The device this handle runs on.
+    pub fn device_info(&self) -> &DeviceInfo {
+        &self.inner.info
+    }
+
+    /// The CUDA context the kernels are loaded in.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.inner.ctx
+    }
+
+    /// The embedded PTX module in use.
+    pub fn ptx_module(&self) -> &'static PtxModule {
+        self.inner.ptx
+    }
+
+    /// A new non-blocking stream on this device.
+    pub fn new_stream(&self) -> Result<Arc<CudaStream>> {
+        self.inner
+            .ctx
+            .new_stream()
+            .map_err(Error::cuda("cuStreamCreate"))
+    }
+
+    /// Registers, shared and local memory of every kernel in the loaded module, as the driver built them.
+    pub fn kernels(&self) -> Result<Vec<KernelInfo>> {
+        use sys::CUfunction_attribute as F;
+        self.inner
+            .ptx
+            .kernel_names()
+            .map(|name| {
+                let f = self
+                    .inner
+                    .module
+                    .load_function(name)
+                    .map_err(Error::cuda("cuModuleGetFunction"))?;
+                let get = |a| {
+                    f.get_attribute(a)
+                        .map_err(Error::cuda("cuFuncGetAttribute"))
+                };
+                Ok(KernelInfo {
+                    name: name.to_owned(),
+                    registers: get(F::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+                    static_shared_bytes: get(F::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
+                    local_bytes: get(F::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
+                    max_threads_per_block: get(F::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+                    ptx_version: get(F::CU_FUNC_ATTRIBUTE_PTX_VERSION)?,
+                    binary_version: get(F::CU_FUNC_ATTRIBUTE_BINARY_VERSION)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Checks that `stream` belongs to this handle's context.
+    pub(crate) fn check_stream(&self, stream: &CudaStream) -> Result<()> {
+        let ctx = stream.context();
+        if ctx.cu_ctx() != self.inner.ctx.cu_ctx() {
+            return Err(Error::WrongDevice {
+                name: "stream",
+                expected: self.inner.info.ordinal,
+                got: ctx.ordinal(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn bind(&self) -> Result<()> {
+        self.inner
+            .ctx
+            .bind_to_thread()
+            .map_err(Error::cuda("cuCtxSetCurrent"))
+    }
+}

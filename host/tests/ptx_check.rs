@@ -1,0 +1,166 @@
+//! Assembles every embedded PTX module with NVIDIA's `ptxas` (no GPU needed) and fails on register
+//! spills or local-memory stack frames in kernels that must have none.
+//!
+//! `ptxas` comes from PyPI (`pip install nvidia-cuda-nvcc`); it is looked up in `$FLASHMLA_PTXAS`, on
+//! `PATH`, then in `/usr/local/cuda/bin`. Without it the check is *skipped*, never passed, unless
+//! `FLASHMLA_REQUIRE_PTXAS=1`, when it fails.
+mod harness;
+
+use flashmla::ptx::{PtxModule, MODULES};
+use harness::{Fail, Outcome, Pass, Skip};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Kernels allowed a stack frame or spills. Empty: every kernel must fit in registers.
+const MAY_SPILL: &[&str] = &[];
+
+fn find_ptxas() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FLASHMLA_PTXAS") {
+        return Some(PathBuf::from(p));
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("ptxas"));
+    on_path
+        .chain([PathBuf::from("/usr/local/cuda/bin/ptxas")])
+        .find(|p| p.is_file())
+}
+
+#[derive(Debug, Default)]
+struct KernelReport {
+    name: String,
+    registers: u32,
+    stack_bytes: u32,
+    spill_stores: u32,
+    spill_loads: u32,
+}
+
+/// Parses `ptxas -v` output into one report per entry function.
+fn parse(report: &str, module: &PtxModule) -> Vec<KernelReport> {
+    let entries: Vec<&str> = module.kernel_names().collect();
+    let mut out: Vec<KernelReport> = Vec::new();
+    let mut current: Option<KernelReport> = None;
+    let number_before = |line: &str, word: &str| -> u32 {
+        let idx = line.find(word).unwrap_or(0);
+        line[..idx]
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    for line in report.lines() {
+        if let Some(rest) = line.split("Function properties for ").nth(1) {
+            if let Some(k) = current.take() {
+                out.push(k);
+            }
+            let name = rest.trim().to_owned();
+            current = entries.contains(&name.as_str()).then(|| KernelReport {
+                name,
+                ..Default::default()
+            });
+        } else if let Some(k) = current.as_mut() {
+            if line.contains("stack frame") {
+                k.stack_bytes = number_before(line, "bytes stack frame");
+                k.spill_stores = number_before(line, "bytes spill stores");
+                k.spill_loads = number_before(line, "bytes spill loads");
+            } else if line.contains("Used") && line.contains("registers") {
+                k.registers = number_before(line, "registers");
+            }
+        }
+    }
+    out.extend(current);
+    out
+}
+
+fn check_module(module: &PtxModule) -> Outcome {
+    let Some(ptxas) = find_ptxas() else {
+        let msg = "ptxas not found (pip install nvidia-cuda-nvcc)".to_string();
+        return if std::env::var("FLASHMLA_REQUIRE_PTXAS").as_deref() == Ok("1") {
+            Fail(format!("{msg}, and FLASHMLA_REQUIRE_PTXAS=1"))
+        } else {
+            Skip(msg)
+        };
+    };
+    let dir = std::env::temp_dir().join(format!("flashmla-ptx-check-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let ptx = dir.join(format!("{}.ptx", module.name));
+    let cubin = dir.join(format!("{}.cubin", module.name));
+    if let Err(e) = std::fs::write(&ptx, module.source) {
+        return Fail(format!("writing {}: {e}", ptx.display()));
+    }
+    let output = match Command::new(&ptxas)
+        .arg(format!("-arch={}", module.arch.ptxas_arch()))
+        .arg("-v")
+        .arg(&ptx)
+        .arg("-o")
+        .arg(&cubin)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => return Fail(format!("running {}: {e}", ptxas.display())),
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    if !output.status.success() {
+        return Fail(format!("ptxas rejected {}:\n{text}", module.name));
+    }
+    let reports = parse(&text, module);
+    let expected = module.kernel_names().count();
+    if reports.len() != expected {
+        return Fail(format!(
+            "ptxas reported {} of {expected} kernels:\n{text}",
+            reports.len()
+        ));
+    }
+    let mut summary = String::new();
+    let mut bad = Vec::new();
+    for k in &reports {
+        summary += &format!(
+            "\n    {:<40} {:>3} regs, {} B stack, {} B spill stores, {} B spill loads",
+            k.name, k.registers, k.stack_bytes, k.spill_stores, k.spill_loads
+        );
+        if (k.stack_bytes | k.spill_stores | k.spill_loads) != 0
+            && !MAY_SPILL.contains(&k.name.as_str())
+        {
+            bad.push(k.name.clone());
+        }
+    }
+    if text.contains("warning") {
+        summary += &format!("\n  ptxas warnings:\n{text}");
+    }
+    if bad.is_empty() {
+        Pass(format!(
+            "{} ({}):{summary}",
+            module.name,
+            module.arch.ptxas_arch()
+        ))
+    } else {
+        Fail(format!(
+            "{}: stack frame or spills in {bad:?}:{summary}",
+            module.name
+        ))
+    }
+}
+
+fn sm90a() -> Outcome {
+    check_module(&MODULES[0])
+}
+
+fn sm80() -> Outcome {
+    check_module(&MODULES[1])
+}
+
+fn main() {
+    harness::run(
+        "ptx_check",
+        &[
+            ("ptxas_sm90a_no_spills", sm90a),
+            ("ptxas_sm80_no_spills", sm80),
+        ],
+    );
+}

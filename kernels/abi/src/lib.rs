@@ -1,0 +1,39 @@
+//! What the flashmla host crate and its GPU kernels share, compiled for both: FlashMLA's constants, the
+//! `#[repr(C)]` records that cross the host/device boundary, and the tile scheduler.
+//!
+//! This crate is `no_std`, has no dependencies and uses no nightly features, so the device crate
+//! (`kernels/`, built for `nvptx64-nvidia-cuda`) and the host crate (`flashmla`, stable Rust) compile
+//! the very same source. Nothing in here may be written twice on the other side.
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod params;
+pub mod sched;
+
+pub use params::*;
+pub use sched::*;
+
+/// Width of one query/key row of MLA: 512 latent (NoPE) columns plus 64 RoPE columns.
+pub const HEAD_DIM_K: usize = 576;
+/// Width of one value row: the first 512 columns of each key row (V is never stored on its own).
+pub const HEAD_DIM_V: usize = 512;
+/// Tokens per KV-cache page. FlashMLA's dense decode kernels hard-wire one page per 64-key tile.
+pub const PAGE_BLOCK_SIZE: usize = 64;
+/// Query rows (heads and tokens folded together) per CTA tile.
+pub const BLOCK_SIZE_M: usize = 64;
+/// The scheduler's estimate of one work chunk's start-up and drain cost, in KV blocks
+/// (FlashMLA's `fixed_overhead_num_blocks`; see FlashMLA issue #38).
+pub const FIXED_OVERHEAD_NUM_BLOCKS: i32 = 5;
+/// Threads of the scheduler-metadata kernel: one warp (FlashMLA `get_mla_metadata_kernel`).
+pub const SCHED_META_THREADS: u32 = 32;
+/// Largest dynamic shared memory an sm_80/sm_90 CTA can opt into, in bytes.
+pub const MAX_DYNAMIC_SMEM_BYTES: usize = 227 * 1024;
+/// Largest batch the scheduler-metadata kernel takes: it stages one `i32` sequence length per request in
+/// shared memory.
+pub const MAX_SCHED_BATCH: usize = MAX_DYNAMIC_SMEM_BYTES / core::mem::size_of::<i32>();
+
+const _: () = assert!(
+    HEAD_DIM_K.is_multiple_of(64) && HEAD_DIM_V.is_multiple_of(64) && HEAD_DIM_V < HEAD_DIM_K
+);
+const _: () = assert!(PAGE_BLOCK_SIZE == BLOCK_SIZE_M);
+const _: () = assert!(SCHED_META_THREADS == 32);

@@ -1,0 +1,104 @@
+//! `#[repr(C)]` records passed between the host and the kernels. Device pointers are carried as `u64`
+//! so that every record has one layout on the 64-bit host and on `nvptx64`.
+
+/// Marker for records that may be copied byte for byte between host and device memory or passed by
+/// value as a kernel parameter.
+///
+/// # Safety
+/// The type must be `#[repr(C)]` (or `#[repr(transparent)]` over such a type), `Copy`, contain no
+/// references or host pointers, and be valid for every bit pattern the other side may write.
+pub unsafe trait DeviceRecord: Copy + 'static {}
+
+/// One tile-scheduler work list: the slice of (request, KV block) pairs that every CTA of one "SM part"
+/// walks. Layout of FlashMLA HEAD's `DecodingSchedMeta` (`csrc/params.h`), 8 × `i32`, 32-byte aligned:
+///
+/// | word | field | meaning |
+/// |---|---|---|
+/// | 0 | `begin_req_idx` | first request of the part |
+/// | 1 | `end_req_idx` | last request of the part (inclusive); `< begin_req_idx` for an idle part |
+/// | 2 | `begin_block_idx` | first KV block (64 tokens) of `begin_req_idx` (inclusive) |
+/// | 3 | `end_block_idx` | end KV block of `end_req_idx` (exclusive; 0 for a finished empty request) |
+/// | 4 | `begin_split_idx` | split number of the first request's chunk (0 when it starts the request) |
+/// | 5 | `is_first_req_splitted` | 1 when the first request is not wholly inside this part |
+/// | 6 | `is_last_req_splitted` | 1 when the last request is not wholly inside this part |
+/// | 7 | `_pad` | always 0 |
+///
+/// Parts left over once every request is assigned have `begin_req_idx == b`; their CTAs exit at once.
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DecodingSchedMeta {
+    /// First request of the part.
+    pub begin_req_idx: i32,
+    /// Last request of the part, inclusive.
+    pub end_req_idx: i32,
+    /// First KV block of the first request, inclusive.
+    pub begin_block_idx: i32,
+    /// End KV block of the last request, exclusive.
+    pub end_block_idx: i32,
+    /// Split number of the first request's chunk.
+    pub begin_split_idx: i32,
+    /// 1 when the first request continues from (or into) another part.
+    pub is_first_req_splitted: i32,
+    /// 1 when the last request continues in another part.
+    pub is_last_req_splitted: i32,
+    /// Padding to 32 bytes; always 0.
+    pub pad: i32,
+}
+
+/// Number of `i32` words in one [`DecodingSchedMeta`] record.
+pub const SCHED_META_WORDS: usize =
+    core::mem::size_of::<DecodingSchedMeta>() / core::mem::size_of::<i32>();
+const _: () = assert!(core::mem::size_of::<DecodingSchedMeta>() == 32 && SCHED_META_WORDS == 8);
+const _: () = assert!(core::mem::align_of::<DecodingSchedMeta>() == 32);
+
+impl DecodingSchedMeta {
+    /// The record as FlashMLA's `int32 [8]` row.
+    pub const fn to_words(self) -> [i32; SCHED_META_WORDS] {
+        [
+            self.begin_req_idx,
+            self.end_req_idx,
+            self.begin_block_idx,
+            self.end_block_idx,
+            self.begin_split_idx,
+            self.is_first_req_splitted,
+            self.is_last_req_splitted,
+            self.pad,
+        ]
+    }
+
+    /// The record from FlashMLA's `int32 [8]` row.
+    pub const fn from_words(w: [i32; SCHED_META_WORDS]) -> Self {
+        Self {
+            begin_req_idx: w[0],
+            end_req_idx: w[1],
+            begin_block_idx: w[2],
+            end_block_idx: w[3],
+            begin_split_idx: w[4],
+            is_first_req_splitted: w[5],
+            is_last_req_splitted: w[6],
+            pad: w[7],
+        }
+    }
+}
+
+// SAFETY: repr(C), plain i32 fields, every bit pattern valid.
+unsafe impl DeviceRecord for DecodingSchedMeta {}
+
+/// Parameters of the scheduler-metadata kernel (FlashMLA `GetDecodeSchedMetaParams`, dense case).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedMetaParams {
+    /// `const i32 [b]`: KV length of each request (FlashMLA `cache_seqlens`).
+    pub seqlens_k: u64,
+    /// `DecodingSchedMeta [num_sm_parts]`: output.
+    pub tile_scheduler_metadata: u64,
+    /// `i32 [b + 1]`: output, the exclusive prefix sum of per-request split counts.
+    pub num_splits: u64,
+    /// Number of requests.
+    pub batch_size: i32,
+    /// Number of work lists, see [`num_sm_parts`](crate::num_sm_parts).
+    pub num_sm_parts: i32,
+}
+
+// SAFETY: repr(C), integers only.
+unsafe impl DeviceRecord for SchedMetaParams {}
