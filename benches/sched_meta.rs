@@ -29,12 +29,20 @@ fn bench(c: &mut Criterion) {
                 let mut meta = fm.alloc_sched_metadata(&stream, shape).expect("alloc");
                 group.bench_function(BenchmarkId::new("gpu", b), |bencher| {
                     bencher.iter_custom(|iters| {
-                        let start = stream.record_event(None).expect("event");
+                        let start = stream
+                            .record_event(Some(
+                                cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
+                            ))
+                            .expect("event");
                         for _ in 0..iters {
                             fm.get_mla_metadata(&stream, &lens, &mut meta)
                                 .expect("launch");
                         }
-                        let end = stream.record_event(None).expect("event");
+                        let end = stream
+                            .record_event(Some(
+                                cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
+                            ))
+                            .expect("event");
                         end.synchronize().expect("sync");
                         Duration::from_secs_f64(
                             start.elapsed_ms(&end).expect("elapsed") as f64 / 1e3,

@@ -102,6 +102,102 @@ pub enum Error {
         /// The limit it exceeds.
         limit: &'static str,
     },
+    /// A view reaches past the end of its buffer.
+    #[error("{name}: the view needs {needed} elements but the buffer has {len}")]
+    OutOfBounds {
+        /// The argument.
+        name: &'static str,
+        /// Elements the view addresses.
+        needed: usize,
+        /// Elements in the buffer.
+        len: usize,
+    },
+    /// A head dimension other than FlashMLA's (576 for q/k, 512 for v/out).
+    #[error("{name}: head dimension must be {expected}, got {got}")]
+    HeadDim {
+        /// The argument.
+        name: &'static str,
+        /// The supported value.
+        expected: usize,
+        /// The value passed.
+        got: usize,
+    },
+    /// The KV cache's page size is not 64 tokens.
+    #[error("k_cache: page block size must be {expected} tokens, got {got}")]
+    PageBlockSize {
+        /// The supported page size.
+        expected: usize,
+        /// The page size passed.
+        got: usize,
+    },
+    /// The last dimension is not contiguous.
+    #[error("{name}: the last dimension must be contiguous (stride 1), got stride {stride}")]
+    NonContiguous {
+        /// The argument.
+        name: &'static str,
+        /// Its last stride.
+        stride: usize,
+    },
+    /// A pointer or stride is not aligned as the kernels' vector accesses need.
+    #[error("{name}: {what} must be a multiple of {multiple} elements, got {value}")]
+    Misaligned {
+        /// The argument.
+        name: &'static str,
+        /// Which pointer or stride.
+        what: &'static str,
+        /// Required multiple, in elements.
+        multiple: usize,
+        /// The offending value, in elements (for pointers: the byte address).
+        value: u64,
+    },
+    /// The plan (metadata and workspaces) was made for another batch shape.
+    #[error("the decode plan was made for {planned:?}, but the inputs have {got:?}")]
+    PlanMismatch {
+        /// Shape of the plan.
+        planned: crate::DecodeShape,
+        /// Shape of the inputs.
+        got: crate::DecodeShape,
+    },
+    /// The plan's scheduler metadata was never computed.
+    #[error("the scheduler metadata of this plan was never computed: call get_mla_metadata first")]
+    MetadataNotComputed,
+    /// The block table has too few columns for the longest sequence.
+    #[error(
+        "block_table has {columns} columns ({tokens} tokens), but a sequence has {seqlen} tokens"
+    )]
+    BlockTableTooSmall {
+        /// Columns of the block table.
+        columns: usize,
+        /// Tokens they can address.
+        tokens: usize,
+        /// The longest sequence.
+        seqlen: usize,
+    },
+    /// The softmax scale is not a finite number.
+    #[error("softmax_scale must be finite, got {0}")]
+    InvalidScale(f32),
+    /// The device cannot give a decode CTA the shared memory it needs.
+    #[error("the decode kernel needs {needed} bytes of shared memory per block; {device} allows {available}")]
+    SharedMemory {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes the device allows.
+        available: usize,
+        /// Device name.
+        device: String,
+    },
+    /// cuBLAS (used only to measure the matmul ceiling in benchmarks) could not be loaded.
+    #[error("cuBLAS is not available: {0}")]
+    Cublas(String),
+    /// Writing a result file failed.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A kernel the host expects is missing from the embedded PTX.
     #[error("kernel {name} is not in the embedded {module} PTX module (was it built with FLASHMLA_PTX_DIR from another version?)")]
     MissingKernel {

@@ -26,15 +26,22 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod bench;
+mod decode;
 mod error;
 mod launch;
 pub mod ptx;
+pub mod reference;
 pub mod rng;
 mod runtime;
 mod sched;
+mod tensor;
+pub mod testdata;
 
+pub use decode::{DecodeArgs, DecodeOptions, DecodeOutputs, DecodePlan, RawDecodeArgs};
 pub use error::{Error, Result};
 /// The records and constants shared with the GPU kernels (the `flashmla-abi` crate).
 pub use flashmla_abi as abi;
 pub use runtime::{driver_available, DeviceInfo, FlashMla, KernelInfo};
 pub use sched::{get_mla_metadata_cpu, DecodeShape, SchedMetadata, Schedule};
+pub use tensor::{DType, Element, TensorView, TensorViewMut};

@@ -80,8 +80,28 @@ pub fn module(arch: PtxArch) -> &'static PtxModule {
 pub mod kernel {
     /// `kernels/src/sched_meta.rs`.
     pub const GET_DECODING_SCHED_META: &str = "flashmla_get_decoding_sched_meta";
+    /// `kernels/src/decode.rs`, bf16.
+    pub const SPLITKV_DECODE_BF16: &str = "flashmla_splitkv_decode_bf16";
+    /// `kernels/src/decode.rs`, fp16.
+    pub const SPLITKV_DECODE_F16: &str = "flashmla_splitkv_decode_f16";
+    /// `kernels/src/combine.rs`, bf16.
+    pub const COMBINE_BF16: &str = "flashmla_combine_bf16";
+    /// `kernels/src/combine.rs`, fp16.
+    pub const COMBINE_F16: &str = "flashmla_combine_f16";
+    /// `kernels/src/fill.rs`, bf16 test data.
+    pub const FILL_BF16: &str = "flashmla_fill_bf16";
+    /// `kernels/src/fill.rs`, fp16 test data.
+    pub const FILL_F16: &str = "flashmla_fill_f16";
     /// Every kernel the host looks up.
-    pub const ALL: &[&str] = &[GET_DECODING_SCHED_META];
+    pub const ALL: &[&str] = &[
+        GET_DECODING_SCHED_META,
+        SPLITKV_DECODE_BF16,
+        SPLITKV_DECODE_F16,
+        COMBINE_BF16,
+        COMBINE_F16,
+        FILL_BF16,
+        FILL_F16,
+    ];
 }
 
 #[cfg(test)]

@@ -54,6 +54,12 @@ pub(crate) struct Inner {
     pub ptx: &'static PtxModule,
     pub info: DeviceInfo,
     pub sched_meta: CudaFunction,
+    pub decode_bf16: CudaFunction,
+    pub decode_f16: CudaFunction,
+    pub combine_bf16: CudaFunction,
+    pub combine_f16: CudaFunction,
+    pub fill_bf16: CudaFunction,
+    pub fill_f16: CudaFunction,
 }
 
 /// A CUDA device with flashmla's PTX module loaded into its context.
@@ -81,7 +87,10 @@ impl std::fmt::Debug for FlashMla {
 }
 
 /// One loaded module per live context, keyed by the `CUcontext` handle.
-static LOADED: Mutex<Vec<(usize, Weak<Inner>)>> = Mutex::new(Vec::new());
+/// (CUcontext handle, module forced by the caller).
+type ModuleKey = (usize, Option<PtxArch>);
+
+static LOADED: Mutex<Vec<(ModuleKey, Weak<Inner>)>> = Mutex::new(Vec::new());
 
 /// Whether the CUDA driver library can be loaded on this machine.
 pub fn driver_available() -> bool {
@@ -109,9 +118,17 @@ impl FlashMla {
         Self::with_context(ctx)
     }
 
-    /// Uses an existing cudarc context (e.g. the one a candle or mistral.rs device owns).
+    /// Uses an existing cudarc context (e.g. the one a candle or mistral.rs device owns), with the
+    /// module this device runs best (sm_90a on compute capability 9.0, else sm_80).
     pub fn with_context(ctx: Arc<CudaContext>) -> Result<Self> {
-        let key = ctx.cu_ctx() as usize;
+        Self::with_module(ctx, None)
+    }
+
+    /// Like [`with_context`](Self::with_context) but with a chosen PTX module, e.g. the portable sm_80
+    /// kernels on a Hopper GPU (for comparison). Errors with [`Error::UnsupportedArch`] where the module
+    /// cannot run.
+    pub fn with_module(ctx: Arc<CudaContext>, arch: Option<PtxArch>) -> Result<Self> {
+        let key = (ctx.cu_ctx() as usize, arch);
         let mut loaded = LOADED
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -123,12 +140,12 @@ impl FlashMla {
         {
             return Ok(Self { inner });
         }
-        let inner = Arc::new(Self::load(ctx)?);
+        let inner = Arc::new(Self::load(ctx, arch)?);
         loaded.push((key, Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
-    fn load(ctx: Arc<CudaContext>) -> Result<Inner> {
+    fn load(ctx: Arc<CudaContext>, forced: Option<PtxArch>) -> Result<Inner> {
         let attr = |a| {
             ctx.attribute(a)
                 .map_err(Error::cuda("cuDeviceGetAttribute"))
@@ -138,12 +155,17 @@ impl FlashMla {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(Error::cuda("cuDeviceGetAttribute"))?;
-        let arch = PtxArch::for_compute_capability(major, minor).ok_or_else(|| {
-            Error::UnsupportedArch {
-                name: name.clone(),
-                major,
-                minor,
-            }
+        let best = PtxArch::for_compute_capability(major, minor);
+        let arch = match (forced, best) {
+            // sm_90a code runs only on compute capability 9.0; sm_80 code on anything from 8.0.
+            (Some(PtxArch::Sm90a), Some(PtxArch::Sm90a)) | (Some(PtxArch::Sm80), Some(_)) => forced,
+            (None, best) => best,
+            _ => None,
+        }
+        .ok_or_else(|| Error::UnsupportedArch {
+            name: name.clone(),
+            major,
+            minor,
         })?;
         let mut driver_version = 0;
         // SAFETY: writes one int.
@@ -178,13 +200,32 @@ impl FlashMla {
                 .load_function(name)
                 .map_err(Error::cuda("cuModuleGetFunction"))
         };
-        let sched_meta = function(ptx::kernel::GET_DECODING_SCHED_META)?;
+        use ptx::kernel as k;
+        let decode_bf16 = function(k::SPLITKV_DECODE_BF16)?;
+        let decode_f16 = function(k::SPLITKV_DECODE_F16)?;
+        // The decode CTA needs more than the default 48 KiB of dynamic shared memory; devices that cannot
+        // give it are refused at plan time (Error::SharedMemory), so only opt in where it fits.
+        if info.max_shared_memory_per_block_optin as usize >= flashmla_abi::smem::TOTAL {
+            for f in [&decode_bf16, &decode_f16] {
+                f.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    flashmla_abi::smem::TOTAL as i32,
+                )
+                .map_err(Error::cuda("cuFuncSetAttribute"))?;
+            }
+        }
         Ok(Inner {
             ctx: ctx.clone(),
             module: module.clone(),
             ptx,
+            sched_meta: function(k::GET_DECODING_SCHED_META)?,
+            decode_bf16,
+            decode_f16,
+            combine_bf16: function(k::COMBINE_BF16)?,
+            combine_f16: function(k::COMBINE_F16)?,
+            fill_bf16: function(k::FILL_BF16)?,
+            fill_f16: function(k::FILL_F16)?,
             info,
-            sched_meta,
         })
     }
 

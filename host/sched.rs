@@ -176,6 +176,8 @@ pub struct SchedMetadata {
     pub(crate) shape: DecodeShape,
     pub(crate) num_sm_parts: usize,
     pub(crate) cu_ctx: usize,
+    /// Whether a schedule was ever written (decoding with uninitialised metadata would read garbage).
+    pub(crate) computed: bool,
 }
 
 impl std::fmt::Debug for SchedMetadata {
@@ -212,6 +214,7 @@ impl SchedMetadata {
     /// fill them by other means and for tests that poison them before a run. The decode kernels trust
     /// their contents: they must hold a schedule for this shape.
     pub fn buffers_mut(&mut self) -> (&mut CudaSlice<i32>, &mut CudaSlice<i32>) {
+        self.computed = true;
         (&mut self.tile_scheduler_metadata, &mut self.num_splits)
     }
 
@@ -258,6 +261,7 @@ impl FlashMla {
             shape,
             num_sm_parts,
             cu_ctx: self.context().cu_ctx() as usize,
+            computed: false,
         })
     }
 
@@ -290,6 +294,7 @@ impl FlashMla {
         let (seqlens_ptr, _seqlens_guard) = cache_seqlens.device_ptr(stream);
         let (meta_ptr, _meta_guard) = metadata.tile_scheduler_metadata.device_ptr_mut(stream);
         let (splits_ptr, _splits_guard) = metadata.num_splits.device_ptr_mut(stream);
+        metadata.computed = true;
         // SAFETY: the three pointers are live allocations of this context with b, num_sm_parts·8 and b+1
         // elements (checked above / by construction); their guards order the launch on `stream`.
         unsafe {

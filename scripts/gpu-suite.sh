@@ -45,8 +45,14 @@ for t in tests/*; do
     echo "$name exited with status $rc"; failed=$((failed + 1))
   fi
 done
-echo "=== flashmla info"
-if bin/flashmla info; then passed=$((passed + 1)); else echo "flashmla info failed"; failed=$((failed + 1)); fi
+smoke() { # name command...: a CLI run counted as one pass or failure
+  local name=$1; shift
+  echo "=== $name"
+  if "$@"; then passed=$((passed + 1)); else echo "$name failed"; failed=$((failed + 1)); fi
+}
+smoke "flashmla info" bin/flashmla info
+smoke "flashmla bench (one small shape)" bin/flashmla bench --one --b 4 --s-q 2 --s-k 300 --h-q 16 --iters 3
+smoke "flashmla check (corner cases)" bin/flashmla check --suite corner
 if [ "${1:-}" = "--bench" ]; then
   for b in benches/*; do echo "=== bench $(basename "$b")"; "$b" --bench || failed=$((failed + 1)); done
 fi

@@ -2,10 +2,18 @@
 //! Every case is skipped, not passed, where there is no driver or no suitable device.
 mod harness;
 
-use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DevicePtr};
 use flashmla::abi::{DecodingSchedMeta, SCHED_META_WORDS};
+use flashmla::ptx::PtxArch;
 use flashmla::rng::SplitMix64;
-use flashmla::{get_mla_metadata_cpu, DecodeShape, Error, FlashMla};
+use flashmla::testdata::{
+    corner_cases, flashmla_sweep, head_grid_sample, run_case, CaseSpec, DEFAULT_ROW_BUDGET,
+};
+use flashmla::{
+    get_mla_metadata_cpu, DType, DecodeArgs, DecodeOptions, DecodeOutputs, DecodePlan, DecodeShape,
+    Error, FlashMla, TensorView, TensorViewMut,
+};
+use half::bf16;
 use harness::{check, Fail, Outcome, Skip};
 use std::sync::Arc;
 
@@ -27,11 +35,13 @@ fn device() -> Result<FlashMla, Outcome> {
 macro_rules! gpu_case {
     ($name:ident, |$fm:ident| $body:block) => {
         fn $name() -> Outcome {
-            let $fm = match device() {
-                Ok(fm) => fm,
-                Err(outcome) => return outcome,
-            };
-            check((|| -> Result<String, String> { $body })())
+            fn body($fm: FlashMla) -> Result<String, String> {
+                $body
+            }
+            match device() {
+                Ok(fm) => check(body(fm)),
+                Err(outcome) => outcome,
+            }
         }
     };
 }
@@ -214,23 +224,366 @@ gpu_case!(sched_meta_rejects_bad_arguments_before_launch, |fm| {
     Ok("typed errors, nothing launched".into())
 });
 
+/// Runs `cases` and reports the worst errors; fails on the first case outside FlashMLA's tolerances.
+fn run_sweep(fm: &FlashMla, cases: &[CaseSpec]) -> Result<String, String> {
+    let stream = fm.new_stream().map_err(|e| e.to_string())?;
+    let (mut worst_out, mut worst_lse, mut worst_cos, mut rows) = (0f64, 0f64, 0f64, 0usize);
+    for spec in cases {
+        let r = run_case(fm, &stream, spec, DEFAULT_ROW_BUDGET)
+            .map_err(|e| format!("{}: {e}", spec.label()))?;
+        if !r.passed() {
+            return Err(format!("FAILED {}", r.summary()));
+        }
+        worst_out = worst_out.max(r.out.max_abs);
+        worst_lse = worst_lse.max(r.lse.max_abs);
+        worst_cos = worst_cos.max(r.out.cos_diff);
+        rows += r.rows_checked.0;
+    }
+    Ok(format!(
+        "{} cases ({} module), {rows} rows vs f64 reference; worst out abs {worst_out:.2e}, cos {worst_cos:.1e}; worst lse abs {worst_lse:.2e}",
+        cases.len(),
+        fm.ptx_module().name
+    ))
+}
+
+fn seed() -> u64 {
+    let (_, seed) = SplitMix64::from_time();
+    println!("    seed {seed}");
+    seed
+}
+
+gpu_case!(decode_flashmla_sweep_bf16, |fm| {
+    run_sweep(&fm, &flashmla_sweep(DType::Bf16, seed()))
+});
+
+gpu_case!(decode_flashmla_sweep_fp16_subset, |fm| {
+    let cases: Vec<CaseSpec> = flashmla_sweep(DType::F16, seed())
+        .into_iter()
+        .step_by(5)
+        .collect();
+    run_sweep(&fm, &cases)
+});
+
+gpu_case!(decode_head_grid_sample, |fm| {
+    run_sweep(&fm, &head_grid_sample(80, seed()))
+});
+
+gpu_case!(decode_corner_cases, |fm| {
+    run_sweep(&fm, &corner_cases(seed()))
+});
+
+gpu_case!(decode_portable_sm80_module, |fm| {
+    let portable = FlashMla::with_module(fm.context().clone(), Some(PtxArch::Sm80))
+        .map_err(|e| e.to_string())?;
+    let seed = seed();
+    let mut cases = head_grid_sample(12, seed);
+    cases.extend(flashmla_sweep(DType::Bf16, seed).into_iter().step_by(12));
+    run_sweep(&portable, &cases)
+});
+
+// A decode written through strided views (q inside a wider buffer, out with padded rows, lse
+// transposed to [b, s_q, h_q]) must equal the contiguous decode bit for bit.
+gpu_case!(decode_strided_views_match_contiguous, |fm| {
+    let stream = fm.new_stream().map_err(|e| e.to_string())?;
+    let shape = DecodeShape::new(5, 2, 32, 2).map_err(|e| e.to_string())?;
+    let spec = CaseSpec::new(shape, 700, true, true, DType::Bf16, seed());
+    let case = fm
+        .generate_case::<bf16>(&stream, &spec)
+        .map_err(|e| e.to_string())?;
+    let mut plan = fm.plan_decode(&stream, shape).map_err(|e| e.to_string())?;
+    fm.get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())
+        .map_err(|e| e.to_string())?;
+    let (b, s_q, h_q) = (5, 2, 32);
+    let (out_ref, lse_ref) = fm
+        .decode_alloc(
+            &stream,
+            &mut plan,
+            &case.args().map_err(|e| e.to_string())?,
+            case.options(),
+        )
+        .map_err(|e| e.to_string())?;
+    // q copied into a [b, s_q, h_q, 640] buffer.
+    let q_host = cuda(stream.clone_dtoh(&case.q))?;
+    let mut wide = vec![bf16::ZERO; b * s_q * h_q * 640];
+    for row in 0..b * s_q * h_q {
+        wide[row * 640..row * 640 + 576].copy_from_slice(&q_host[row * 576..row * 576 + 576]);
+    }
+    let q_wide = cuda(stream.clone_htod(&wide))?;
+    let mut out = cuda(stream.alloc_zeros::<bf16>(b * s_q * h_q * 520))?;
+    let mut lse = cuda(stream.alloc_zeros::<f32>(b * s_q * h_q))?;
+    {
+        let base = case.args().map_err(|e| e.to_string())?;
+        let args = DecodeArgs {
+            q: TensorView::new(
+                "q",
+                q_wide.as_view(),
+                [b, s_q, h_q, 576],
+                [s_q * h_q * 640, h_q * 640, 640, 1],
+            )
+            .map_err(|e| e.to_string())?,
+            ..base
+        };
+        let mut outputs = DecodeOutputs {
+            out: TensorViewMut::new(
+                "out",
+                out.as_view_mut(),
+                [b, s_q, h_q, 512],
+                [s_q * h_q * 520, h_q * 520, 520, 1],
+            )
+            .map_err(|e| e.to_string())?,
+            // lse [b, h_q, s_q] stored as [b, s_q, h_q].
+            lse: TensorViewMut::new("lse", lse.as_view_mut(), [b, h_q, s_q], [s_q * h_q, 1, h_q])
+                .map_err(|e| e.to_string())?,
+        };
+        fm.decode(&stream, &mut plan, &args, &mut outputs, case.options())
+            .map_err(|e| e.to_string())?;
+    }
+    let (o1, l1) = (
+        cuda(stream.clone_dtoh(&out_ref))?,
+        cuda(stream.clone_dtoh(&lse_ref))?,
+    );
+    let (o2, l2) = (
+        cuda(stream.clone_dtoh(&out))?,
+        cuda(stream.clone_dtoh(&lse))?,
+    );
+    for row in 0..b * s_q * h_q {
+        if o1[row * 512..row * 512 + 512]
+            .iter()
+            .zip(&o2[row * 520..row * 520 + 512])
+            .any(|(x, y)| x.to_bits() != y.to_bits())
+        {
+            return Err(format!("out row {row} differs"));
+        }
+    }
+    for i in 0..b {
+        for h in 0..h_q {
+            for t in 0..s_q {
+                let (x, y) = (l1[(i * h_q + h) * s_q + t], l2[(i * s_q + t) * h_q + h]);
+                if x.to_bits() != y.to_bits() {
+                    return Err(format!("lse [{i},{h},{t}] {x} vs {y}"));
+                }
+            }
+        }
+    }
+    Ok("strided q/out/lse identical to contiguous".into())
+});
+
+// The metadata + decode sequence of one step, captured in a CUDA graph and replayed with new KV
+// lengths, gives the same result as running it directly.
+gpu_case!(decode_cuda_graph_capture_and_replay, |fm| {
+    let stream = fm.new_stream().map_err(|e| e.to_string())?;
+    let shape = DecodeShape::new(16, 2, 64, 1).map_err(|e| e.to_string())?;
+    let seed = seed();
+    let spec = CaseSpec::new(shape, 3000, true, true, DType::Bf16, seed);
+    let case = fm
+        .generate_case::<bf16>(&stream, &spec)
+        .map_err(|e| e.to_string())?;
+    let mut plan = fm.plan_decode(&stream, shape).map_err(|e| e.to_string())?;
+    let n_out = 16 * 2 * 64 * 512;
+    let mut out = cuda(stream.alloc_zeros::<bf16>(n_out))?;
+    let mut lse = cuda(stream.alloc_zeros::<f32>(16 * 64 * 2))?;
+    // Lengths live in one device buffer that the graph reads; the replay uses the updated values.
+    let mut seqlens = cuda(stream.clone_htod(&case.layout.seqlens))?;
+    let short: Vec<i32> = case.layout.seqlens.iter().map(|&l| l / 2).collect();
+    // cudarc's cross-stream event tracking records events that cannot be captured; the whole step runs on
+    // one stream, so switch it off for the capture.
+    unsafe { fm.context().disable_event_tracking() };
+    let run = |plan: &mut DecodePlan,
+               out: &mut CudaSlice<bf16>,
+               lse: &mut CudaSlice<f32>,
+               seqlens: &CudaSlice<i32>|
+     -> Result<(), String> {
+        fm.get_mla_metadata(&stream, seqlens, plan.metadata_mut())
+            .map_err(|e| e.to_string())?;
+        let args = DecodeArgs {
+            cache_seqlens: seqlens.as_view(),
+            ..case.args().map_err(|e| e.to_string())?
+        };
+        let mut outputs = DecodeOutputs {
+            out: TensorViewMut::contiguous("out", out.as_view_mut(), [16, 2, 64, 512])
+                .map_err(|e| e.to_string())?,
+            lse: TensorViewMut::contiguous("lse", lse.as_view_mut(), [16, 64, 2])
+                .map_err(|e| e.to_string())?,
+        };
+        fm.decode(&stream, plan, &args, &mut outputs, case.options())
+            .map_err(|e| e.to_string())
+    };
+    cuda(stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL))?;
+    let captured = run(&mut plan, &mut out, &mut lse, &seqlens);
+    let graph = cuda(stream.end_capture(
+        sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+    ))?;
+    captured?;
+    let graph = graph.ok_or("capture produced no graph")?;
+    let mut results = Vec::new();
+    for lens in [&case.layout.seqlens, &short] {
+        cuda(stream.memcpy_htod(lens.as_slice(), &mut seqlens))?;
+        cuda(graph.launch())?;
+        let replayed = (
+            cuda(stream.clone_dtoh(&out))?,
+            cuda(stream.clone_dtoh(&lse))?,
+        );
+        let mut plan2 = fm.plan_decode(&stream, shape).map_err(|e| e.to_string())?;
+        let (mut out2, mut lse2) = (
+            cuda(stream.alloc_zeros::<bf16>(n_out))?,
+            cuda(stream.alloc_zeros::<f32>(16 * 64 * 2))?,
+        );
+        run(&mut plan2, &mut out2, &mut lse2, &seqlens)?;
+        let direct = (
+            cuda(stream.clone_dtoh(&out2))?,
+            cuda(stream.clone_dtoh(&lse2))?,
+        );
+        let same = replayed
+            .0
+            .iter()
+            .zip(&direct.0)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+            && replayed
+                .1
+                .iter()
+                .zip(&direct.1)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+        if !same {
+            return Err("graph replay differs from the direct run".into());
+        }
+        results.push(replayed.1[0]);
+    }
+    unsafe { fm.context().enable_event_tracking() };
+    if results[0] == results[1] {
+        return Err("replay with new lengths returned the old lse: the graph did not read the updated buffer".into());
+    }
+    // And the captured result is right, not just repeatable.
+    let report = run_case(&fm, &stream, &spec, DEFAULT_ROW_BUDGET).map_err(|e| e.to_string())?;
+    if !report.passed() {
+        return Err(report.summary());
+    }
+    Ok(
+        "graph replay (two length sets) bit-identical to direct runs; reference check passed"
+            .into(),
+    )
+});
+
+// Errors that need device buffers: views past their buffer, buffers of another context, metadata never
+// computed. Nothing may be written to the outputs.
+gpu_case!(decode_rejects_bad_buffers_before_launch, |fm| {
+    let stream = fm.new_stream().map_err(|e| e.to_string())?;
+    let shape = DecodeShape::new(2, 1, 16, 1).map_err(|e| e.to_string())?;
+    let spec = CaseSpec::new(shape, 200, false, false, DType::Bf16, 5);
+    let case = fm
+        .generate_case::<bf16>(&stream, &spec)
+        .map_err(|e| e.to_string())?;
+    let mut plan = fm.plan_decode(&stream, shape).map_err(|e| e.to_string())?;
+    let mut out = cuda(stream.alloc_zeros::<u16>(2 * 16 * 512))?;
+    let mut lse = cuda(stream.alloc_zeros::<f32>(2 * 16))?;
+    poison_u16(&stream, &mut out)?;
+    let expect =
+        |what: &str, r: flashmla::Result<()>, ok: fn(&Error) -> bool| -> Result<(), String> {
+            match r {
+                Err(e) if ok(&e) => Ok(()),
+                other => Err(format!("{what}: got {other:?}")),
+            }
+        };
+    // Metadata never computed.
+    {
+        let out_t = unsafe { out.transmute_mut::<bf16>(2 * 16 * 512) }.ok_or("transmute")?;
+        let mut outputs = DecodeOutputs {
+            out: TensorViewMut::contiguous("out", out_t, [2, 1, 16, 512])
+                .map_err(|e| e.to_string())?,
+            lse: TensorViewMut::contiguous("lse", lse.as_view_mut(), [2, 16, 1])
+                .map_err(|e| e.to_string())?,
+        };
+        let r = fm.decode(
+            &stream,
+            &mut plan,
+            &case.args().map_err(|e| e.to_string())?,
+            &mut outputs,
+            case.options(),
+        );
+        expect("uncomputed metadata", r, |e| {
+            matches!(e, Error::MetadataNotComputed)
+        })?;
+    }
+    // A view longer than its buffer.
+    match TensorView::contiguous("q", case.q.as_view(), [3, 1, 16, 576]) {
+        Err(Error::OutOfBounds { name: "q", .. }) => {}
+        other => return Err(format!("oversized view: {:?}", other.err())),
+    }
+    // A buffer from another context on the same device.
+    let other_ctx = cuda(CudaContext::new_non_primary(0, 0))?;
+    let other_stream = other_ctx.default_stream();
+    let foreign = cuda(other_stream.clone_htod(&case.layout.seqlens))?;
+    fm.get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())
+        .map_err(|e| e.to_string())?;
+    {
+        let out_t = unsafe { out.transmute_mut::<bf16>(2 * 16 * 512) }.ok_or("transmute")?;
+        let mut outputs = DecodeOutputs {
+            out: TensorViewMut::contiguous("out", out_t, [2, 1, 16, 512])
+                .map_err(|e| e.to_string())?,
+            lse: TensorViewMut::contiguous("lse", lse.as_view_mut(), [2, 16, 1])
+                .map_err(|e| e.to_string())?,
+        };
+        let args = DecodeArgs {
+            cache_seqlens: foreign.as_view(),
+            ..case.args().map_err(|e| e.to_string())?
+        };
+        let r = fm.decode(&stream, &mut plan, &args, &mut outputs, case.options());
+        expect("foreign buffer", r, |e| {
+            matches!(
+                e,
+                Error::WrongDevice {
+                    name: "cache_seqlens",
+                    ..
+                }
+            )
+        })?;
+        let args = case.args().map_err(|e| e.to_string())?;
+        let r = fm.decode(
+            &stream,
+            &mut plan,
+            &args,
+            &mut outputs,
+            DecodeOptions {
+                max_seqlen_k: Some(1 << 20),
+                ..case.options()
+            },
+        );
+        expect("small block table", r, |e| {
+            matches!(e, Error::BlockTableTooSmall { .. })
+        })?;
+    }
+    let host = cuda(stream.clone_dtoh(&out))?;
+    if host.iter().any(|&x| x != DType::Bf16.nan_bits()) {
+        return Err("a rejected call wrote to out".into());
+    }
+    Ok("typed errors, outputs untouched".into())
+});
+
+fn poison_u16(stream: &Arc<CudaStream>, buf: &mut CudaSlice<u16>) -> Result<(), String> {
+    let n = buf.len();
+    let (ptr, _guard) = buf.device_ptr(stream);
+    // SAFETY: `ptr` addresses n u16s of this context; ordered on `stream`.
+    cuda(
+        unsafe { sys::cuMemsetD16Async(ptr, DType::Bf16.nan_bits(), n, stream.cu_stream()) }
+            .result(),
+    )
+}
+
 fn main() {
     harness::run(
         "gpu",
-        &[
-            ("device_info_and_kernels", device_info_and_kernels),
-            (
-                "sched_meta_matches_cpu_on_random_batches",
-                sched_meta_matches_cpu_on_random_batches,
-            ),
-            (
-                "sched_meta_large_batch_uses_opt_in_smem",
-                sched_meta_large_batch_uses_opt_in_smem,
-            ),
-            (
-                "sched_meta_rejects_bad_arguments_before_launch",
-                sched_meta_rejects_bad_arguments_before_launch,
-            ),
+        harness::cases![
+            device_info_and_kernels,
+            sched_meta_matches_cpu_on_random_batches,
+            sched_meta_large_batch_uses_opt_in_smem,
+            sched_meta_rejects_bad_arguments_before_launch,
+            decode_rejects_bad_buffers_before_launch,
+            decode_corner_cases,
+            decode_strided_views_match_contiguous,
+            decode_cuda_graph_capture_and_replay,
+            decode_head_grid_sample,
+            decode_portable_sm80_module,
+            decode_flashmla_sweep_fp16_subset,
+            decode_flashmla_sweep_bf16,
         ],
     );
 }

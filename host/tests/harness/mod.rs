@@ -20,6 +20,14 @@ pub use Outcome::{Fail, Pass, Skip};
 /// A named case.
 pub type Case = (&'static str, fn() -> Outcome);
 
+/// `cases![f, g]` → `&[("f", f), ("g", g)]`: each case named after its function.
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        &[$((stringify!($case), $case as fn() -> $crate::harness::Outcome)),*]
+    };
+}
+pub(crate) use cases;
+
 /// Turns a `Result` into a pass (with its message) or a failure.
 pub fn check<E: std::fmt::Display>(r: Result<String, E>) -> Outcome {
     match r {

@@ -7,11 +7,15 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod decode_config;
 pub mod params;
 pub mod sched;
+pub mod testdata;
 
+pub use decode_config::*;
 pub use params::*;
 pub use sched::*;
+pub use testdata::*;
 
 /// Width of one query/key row of MLA: 512 latent (NoPE) columns plus 64 RoPE columns.
 pub const HEAD_DIM_K: usize = 576;

@@ -102,3 +102,120 @@ pub struct SchedMetaParams {
 
 // SAFETY: repr(C), integers only.
 unsafe impl DeviceRecord for SchedMetaParams {}
+
+/// Parameters of the split-KV decode kernels (FlashMLA `DenseAttnDecodeParams`). Pointers are device
+/// addresses, strides are in elements. Query rows are folded as in FlashMLA: row
+/// `r = t · heads_per_kv + j` of KV head `g` is query token `t`, query head `g · heads_per_kv + j`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DecodeParams {
+    /// `q [b, s_q, h_q, 576]`.
+    pub q: u64,
+    /// `k_cache [num_blocks, 64, h_kv, 576]`; V is its first 512 columns.
+    pub k_cache: u64,
+    /// `block_table [b, max_blocks_per_seq]` (`i32`, last dimension contiguous).
+    pub block_table: u64,
+    /// `cache_seqlens [b]` (`i32`).
+    pub seqlens_k: u64,
+    /// `out [b, s_q, h_q, 512]`, q's dtype: final output of unsplit requests.
+    pub out: u64,
+    /// `lse [b, h_q, s_q]` (`f32`, natural log): final lse of unsplit requests.
+    pub lse: u64,
+    /// `o_accum [total_splits, h_kv, q_seq_per_hk, 512]` (`f32`): normalised partial outputs.
+    pub o_accum: u64,
+    /// `lse_accum [total_splits, h_kv, q_seq_per_hk]` (`f32`, base 2): partial lse.
+    pub lse_accum: u64,
+    /// `DecodingSchedMeta [num_sm_parts]`.
+    pub tile_scheduler_metadata: u64,
+    /// `num_splits [b + 1]`.
+    pub num_splits: u64,
+    /// q strides: batch, token, head.
+    pub q_batch_stride: i64,
+    /// q stride between query tokens.
+    pub q_seq_stride: i64,
+    /// q stride between heads.
+    pub q_head_stride: i64,
+    /// k_cache stride between pages.
+    pub k_page_stride: i64,
+    /// k_cache stride between tokens of a page.
+    pub k_row_stride: i64,
+    /// k_cache stride between KV heads.
+    pub k_head_stride: i64,
+    /// block_table stride between requests.
+    pub block_table_stride: i64,
+    /// out stride between requests.
+    pub out_batch_stride: i64,
+    /// out stride between query tokens.
+    pub out_seq_stride: i64,
+    /// out stride between heads.
+    pub out_head_stride: i64,
+    /// lse stride between requests.
+    pub lse_batch_stride: i64,
+    /// lse stride between heads.
+    pub lse_head_stride: i64,
+    /// lse stride between query tokens.
+    pub lse_seq_stride: i64,
+    /// Requests.
+    pub batch_size: i32,
+    /// Query tokens per request.
+    pub seqlen_q: i32,
+    /// KV heads.
+    pub num_heads_kv: i32,
+    /// Query heads per KV head.
+    pub heads_per_kv: i32,
+    /// `s_q · heads_per_kv`.
+    pub q_seq_per_hk: i32,
+    /// Pages in the KV cache; page ids outside `0..num_blocks` read as zeros.
+    pub num_blocks: i32,
+    /// Columns of `block_table`; tokens past `64 · max_blocks_per_seq` are never read.
+    pub max_blocks_per_seq: i32,
+    /// 1 for bottom-right-aligned causal masking.
+    pub is_causal: i32,
+    /// `softmax_scale · log2(e)`: logits are kept in base 2.
+    pub scale_log2: f32,
+    /// Padding; 0.
+    pub pad: i32,
+}
+
+// SAFETY: repr(C), integers and floats only.
+unsafe impl DeviceRecord for DecodeParams {}
+
+/// Parameters of the combine kernels (FlashMLA `CombineParams`): merge the split partials of every split
+/// request into `out` and `lse`. Same folding and strides as [`DecodeParams`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CombineParams {
+    /// `out [b, s_q, h_q, 512]`.
+    pub out: u64,
+    /// `lse [b, h_q, s_q]`.
+    pub lse: u64,
+    /// `o_accum`, as in [`DecodeParams`].
+    pub o_accum: u64,
+    /// `lse_accum`, as in [`DecodeParams`].
+    pub lse_accum: u64,
+    /// `num_splits [b + 1]`.
+    pub num_splits: u64,
+    /// out stride between requests.
+    pub out_batch_stride: i64,
+    /// out stride between query tokens.
+    pub out_seq_stride: i64,
+    /// out stride between heads.
+    pub out_head_stride: i64,
+    /// lse stride between requests.
+    pub lse_batch_stride: i64,
+    /// lse stride between heads.
+    pub lse_head_stride: i64,
+    /// lse stride between query tokens.
+    pub lse_seq_stride: i64,
+    /// Requests.
+    pub batch_size: i32,
+    /// KV heads.
+    pub num_heads_kv: i32,
+    /// Query heads per KV head.
+    pub heads_per_kv: i32,
+    /// `s_q · heads_per_kv`.
+    pub q_seq_per_hk: i32,
+}
+
+// SAFETY: repr(C), integers only.
+unsafe impl DeviceRecord for CombineParams {}

@@ -1,0 +1,338 @@
+//! Benchmark procedure shared by `flashmla bench` and the criterion benches: FlashMLA's grid, its FLOP
+//! and byte formulas, CUDA-event timing with an L2 flush before every run, and the two ceilings measured
+//! in the same run (device-to-device copy bandwidth and cuBLAS bf16 matmul rate).
+
+use crate::decode::{DecodeOptions, DecodeOutputs, DecodePlan};
+use crate::tensor::{DType, Element, TensorViewMut};
+use crate::testdata::{CaseSpec, DeviceCase};
+use crate::{DecodeShape, Error, FlashMla, Result};
+use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
+use flashmla_abi::{FillParams, HEAD_DIM_K, HEAD_DIM_V};
+use std::sync::Arc;
+
+/// FlashMLA's figures measured on this project's H200 (upstream 9edee0c built from source, CUDA 13.0,
+/// `triton.testing.do_bench` over split + combine, causal, bf16, h_kv = 1): `(b, s_q, s_k, h_q, varlen, ms)`.
+pub const FLASHMLA_H200: &str = include_str!("../benches/flashmla_h200.csv");
+
+/// One benchmark shape (FlashMLA's test grid uses causal, h_kv = 1, bf16).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BenchShape {
+    /// Batch.
+    pub b: usize,
+    /// Query tokens per request.
+    pub s_q: usize,
+    /// Mean KV length.
+    pub s_k: usize,
+    /// Query heads.
+    pub h_q: usize,
+    /// KV heads.
+    pub h_kv: usize,
+    /// Varlen lengths.
+    pub varlen: bool,
+    /// Causal.
+    pub causal: bool,
+    /// FlashMLA's time on our H200 for this shape, when measured (ms).
+    pub flashmla_ms: Option<f64>,
+}
+
+/// The shapes of [`FLASHMLA_H200`]: FlashMLA's grid (b = 128, s_q ∈ {1, 2}, s_k ∈ {4096, 8192, 16384},
+/// h_q ∈ {16, 32, 64, 128}, varlen off/on) and five small or skewed batches.
+pub fn flashmla_grid() -> Vec<BenchShape> {
+    FLASHMLA_H200
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            let n = |i: usize| f.get(i).and_then(|v| v.trim().parse::<usize>().ok());
+            Some(BenchShape {
+                b: n(0)?,
+                s_q: n(1)?,
+                s_k: n(2)?,
+                h_q: n(3)?,
+                h_kv: 1,
+                varlen: n(4)? == 1,
+                causal: true,
+                flashmla_ms: f.get(5).and_then(|v| v.trim().parse().ok()),
+            })
+        })
+        .collect()
+}
+
+/// FlashMLA's FLOP count (`tests/test_flash_mla.py`): `s_q · Σs_k · h_q · (576 + 512) · 2` (no causal
+/// savings, no padding).
+pub fn flashmla_flops(s_q: usize, total_seqlen_k: usize, h_q: usize) -> f64 {
+    s_q as f64 * total_seqlen_k as f64 * h_q as f64 * (HEAD_DIM_K + HEAD_DIM_V) as f64 * 2.0
+}
+
+/// FlashMLA's byte count: `(Σs_k · h_kv · 576 + b·s_q·h_q·576 + b·s_q·h_q·512) · sizeof(dtype)`.
+pub fn flashmla_bytes(b: usize, s_q: usize, h_q: usize, h_kv: usize, total_seqlen_k: usize) -> f64 {
+    let elems = total_seqlen_k * h_kv * HEAD_DIM_K
+        + b * s_q * h_q * HEAD_DIM_K
+        + b * s_q * h_q * HEAD_DIM_V;
+    elems as f64 * 2.0
+}
+
+/// Median of a list (upper median for even lengths).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The roofs measured in the same run.
+#[derive(Clone, Debug)]
+pub struct Ceilings {
+    /// Device-to-device copy of 2 GiB, bytes read + written per second, GB/s.
+    pub copy_gbps: f64,
+    /// cuBLAS bf16 8192³ matmul on random data, TFLOPS (None where cuBLAS cannot be loaded).
+    pub matmul_tflops: Option<f64>,
+    /// Why the matmul rate is missing, if it is.
+    pub matmul_note: String,
+}
+
+/// Buffers reused across measurements: an L2-flush buffer and timing events.
+pub struct Bencher {
+    fm: FlashMla,
+    stream: Arc<CudaStream>,
+    flush: CudaSlice<u32>,
+    events: Vec<(CudaEvent, CudaEvent)>,
+}
+
+impl Bencher {
+    /// Timed repetitions per measurement.
+    pub const DEFAULT_ITERS: usize = 30;
+
+    /// Allocates a flush buffer of 4 × L2.
+    pub fn new(fm: &FlashMla, stream: &Arc<CudaStream>, iters: usize) -> Result<Self> {
+        let words = (fm.device_info().l2_cache_bytes as usize * 4 / 4).max(1 << 20);
+        let flush = stream
+            .alloc_zeros::<u32>(words)
+            .map_err(Error::cuda("cuMemAlloc"))?;
+        let ctx = fm.context();
+        let events = (0..iters.max(1))
+            .map(|_| {
+                Ok((
+                    ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                        .map_err(Error::cuda("cuEventCreate"))?,
+                    ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                        .map_err(Error::cuda("cuEventCreate"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            fm: fm.clone(),
+            stream: stream.clone(),
+            flush,
+            events,
+        })
+    }
+
+    fn flush_l2(&mut self) -> Result<()> {
+        let n = self.flush.len();
+        let (ptr, _g) = self.flush.device_ptr_mut(&self.stream);
+        // SAFETY: writes the flush buffer only.
+        unsafe { sys::cuMemsetD32Async(ptr, 0x1234_5678, n, self.stream.cu_stream()) }
+            .result()
+            .map_err(Error::cuda("cuMemsetD32Async"))
+    }
+
+    /// Median GPU time in µs of `work`, each repetition preceded by an L2 flush (outside the timed
+    /// region); `warmup` untimed repetitions first.
+    pub fn time_us(
+        &mut self,
+        warmup: usize,
+        mut work: impl FnMut() -> Result<()>,
+    ) -> Result<(f64, f64)> {
+        for _ in 0..warmup {
+            work()?;
+        }
+        for i in 0..self.events.len() {
+            self.flush_l2()?;
+            self.events[i]
+                .0
+                .record(&self.stream)
+                .map_err(Error::cuda("cuEventRecord"))?;
+            work()?;
+            self.events[i]
+                .1
+                .record(&self.stream)
+                .map_err(Error::cuda("cuEventRecord"))?;
+        }
+        self.stream
+            .synchronize()
+            .map_err(Error::cuda("cuStreamSynchronize"))?;
+        let mut times = self
+            .events
+            .iter()
+            .map(|(a, b)| {
+                a.elapsed_ms(b)
+                    .map(|ms| ms as f64 * 1e3)
+                    .map_err(Error::cuda("cuEventElapsedTime"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        Ok((median(&mut times), min))
+    }
+
+    /// Copy bandwidth and matmul rate of this device, now.
+    pub fn ceilings(&mut self) -> Result<Ceilings> {
+        let stream = self.stream.clone();
+        let bytes = 2usize << 30;
+        let src = stream
+            .alloc_zeros::<u8>(bytes)
+            .map_err(Error::cuda("cuMemAlloc"))?;
+        let mut dst = stream
+            .alloc_zeros::<u8>(bytes)
+            .map_err(Error::cuda("cuMemAlloc"))?;
+        let (copy_us, _) = self.time_us(2, || {
+            stream
+                .memcpy_dtod(&src, &mut dst)
+                .map_err(Error::cuda("cuMemcpyDtoD"))
+        })?;
+        let copy_gbps = 2.0 * bytes as f64 / copy_us / 1e3;
+        drop((src, dst));
+        let (matmul_tflops, matmul_note) = match self.matmul_tflops() {
+            Ok(t) => (Some(t), String::new()),
+            Err(e) => (None, e.to_string()),
+        };
+        Ok(Ceilings {
+            copy_gbps,
+            matmul_tflops,
+            matmul_note,
+        })
+    }
+
+    fn matmul_tflops(&mut self) -> Result<f64> {
+        use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
+        // SAFETY: only probes whether the library can be opened.
+        if !unsafe { blas_sys::is_culib_present() } {
+            return Err(Error::Cublas(
+                "libcublas could not be loaded (add the CUDA toolkit's lib64 to LD_LIBRARY_PATH)"
+                    .into(),
+            ));
+        }
+        let n = 8192usize;
+        let stream = self.stream.clone();
+        let mut a = stream
+            .alloc_zeros::<half::bf16>(n * n)
+            .map_err(Error::cuda("cuMemAlloc"))?;
+        let mut b = stream
+            .alloc_zeros::<half::bf16>(n * n)
+            .map_err(Error::cuda("cuMemAlloc"))?;
+        let mut c = stream
+            .alloc_zeros::<half::bf16>(n * n)
+            .map_err(Error::cuda("cuMemAlloc"))?;
+        for (buf, seed) in [(&mut a, 1u64), (&mut b, 2u64)] {
+            let (ptr, _g) = buf.device_ptr_mut(&stream);
+            // SAFETY: fills n·n bf16 values of a live buffer (random data: zeros run faster).
+            unsafe {
+                self.fm.fill_raw(
+                    stream.cu_stream(),
+                    DType::Bf16,
+                    &FillParams {
+                        data: ptr,
+                        valid_rows: 0,
+                        seed,
+                        rows: n as u64,
+                        row_len: n as u32,
+                        rows_per_page: 1,
+                        tokens_divisor: 1,
+                        amplitude: 1.0,
+                    },
+                )?;
+            }
+        }
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Cublas(format!("{e:?}")))?;
+        let cfg = GemmConfig {
+            transa: blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            m: n as i32,
+            n: n as i32,
+            k: n as i32,
+            alpha: half::bf16::ONE,
+            lda: n as i32,
+            ldb: n as i32,
+            beta: half::bf16::ZERO,
+            ldc: n as i32,
+        };
+        let (us, _) = self.time_us(3, || {
+            // SAFETY: three n×n bf16 buffers of this context.
+            unsafe { blas.gemm(cfg, &a, &b, &mut c) }.map_err(|e| Error::Cublas(format!("{e:?}")))
+        })?;
+        Ok(2.0 * (n as f64).powi(3) / us / 1e6)
+    }
+
+    /// Times one shape end to end (metadata computed once and reused, as across layers; each timed run
+    /// is decode + combine after an L2 flush). Returns the row for the table.
+    pub fn decode_row(&mut self, shape: &BenchShape, dtype: DType, seed: u64) -> Result<BenchRow> {
+        match dtype {
+            DType::Bf16 => self.decode_row_typed::<half::bf16>(shape, seed),
+            DType::F16 => self.decode_row_typed::<half::f16>(shape, seed),
+        }
+    }
+
+    fn decode_row_typed<T: Element>(&mut self, shape: &BenchShape, seed: u64) -> Result<BenchRow> {
+        let (fm, stream) = (self.fm.clone(), self.stream.clone());
+        let dshape = DecodeShape::new(shape.b, shape.s_q, shape.h_q, shape.h_kv)?;
+        let spec = CaseSpec::new(
+            dshape,
+            shape.s_k,
+            shape.varlen,
+            shape.causal,
+            T::DTYPE,
+            seed,
+        );
+        let case: DeviceCase<T> = fm.generate_case(&stream, &spec)?;
+        let mut plan: DecodePlan = fm.plan_decode(&stream, dshape)?;
+        fm.get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())?;
+        let (b, s_q, h_q) = (shape.b, shape.s_q, shape.h_q);
+        let mut out = stream
+            .alloc_zeros::<T>(b * s_q * h_q * HEAD_DIM_V)
+            .map_err(Error::cuda("cuMemAlloc"))?;
+        let mut lse = stream
+            .alloc_zeros::<f32>(b * h_q * s_q)
+            .map_err(Error::cuda("cuMemAlloc"))?;
+        let args = case.args()?;
+        let options: DecodeOptions = case.options();
+        let mut outputs = DecodeOutputs {
+            out: TensorViewMut::contiguous("out", out.as_view_mut(), [b, s_q, h_q, HEAD_DIM_V])?,
+            lse: TensorViewMut::contiguous("lse", lse.as_view_mut(), [b, h_q, s_q])?,
+        };
+        let (us, min_us) = self.time_us(3, || {
+            fm.decode(&stream, &mut plan, &args, &mut outputs, options)
+        })?;
+        let total = case.layout.total_seqlen_k();
+        let flops = flashmla_flops(s_q, total, h_q);
+        let bytes = flashmla_bytes(b, s_q, h_q, shape.h_kv, total);
+        Ok(BenchRow {
+            shape: *shape,
+            dtype: T::DTYPE,
+            total_seqlen_k: total,
+            num_sm_parts: plan.metadata().num_sm_parts(),
+            us,
+            min_us,
+            tflops: flops / us / 1e6,
+            gbps: bytes / us / 1e3,
+        })
+    }
+}
+
+/// One measured shape.
+#[derive(Clone, Debug)]
+pub struct BenchRow {
+    /// The shape.
+    pub shape: BenchShape,
+    /// Input type.
+    pub dtype: DType,
+    /// Σ s_k of the generated batch.
+    pub total_seqlen_k: usize,
+    /// SM parts of the schedule.
+    pub num_sm_parts: usize,
+    /// Median µs (decode + combine).
+    pub us: f64,
+    /// Fastest µs.
+    pub min_us: f64,
+    /// TFLOPS by FlashMLA's formula.
+    pub tflops: f64,
+    /// GB/s by FlashMLA's formula.
+    pub gbps: f64,
+}
