@@ -157,17 +157,30 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
                 })
             })
         };
-        let load_tile = |tile: usize| {
+        // A 32-token tile never straddles a 64-token page, so each tile needs one block-table entry.
+        // It is read one tile ahead of its copy: a lookup issued right before the copies would put a
+        // global-load latency (≈1 µs) on every tile's critical path.
+        let tile_page = |tile: usize| page_of(p, b, tok_begin as usize + tile * KV_TILE);
+        let load_tile = |tile: usize, page: Option<i32>| {
             let first = tok_begin as usize + tile * KV_TILE;
-            // SAFETY: the stage buffer holds KV_TILE rows; sources are checked below.
+            // SAFETY: the stage buffer holds KV_TILE rows; a valid page id addresses rows of the cache.
             unsafe {
                 load_rows(s_kv.add((tile % KV_STAGES) * KV_TILE * SMEM_ROW), KV_TILE, warp, lane_id, q_base, |row| {
-                    kv_row(p, b, kv_head, first + row, tok_end as usize)
+                    let token = first + row;
+                    let page = page?;
+                    (token < tok_end as usize).then(|| {
+                        (p.k_cache as *const u16).offset(
+                            page as isize * p.k_page_stride as isize
+                                + (token % PAGE_BLOCK_SIZE) as isize * p.k_row_stride as isize
+                                + kv_head as isize * p.k_head_stride as isize,
+                        )
+                    })
                 })
             }
         };
+        let mut next_page = if n_tiles > 1 { tile_page(1) } else { None };
         if n_tiles > 0 {
-            load_tile(0);
+            load_tile(0, tile_page(0));
         }
         arch::cp_async_commit();
 
@@ -178,7 +191,8 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
         // ---- main loop over 32-token KV tiles ------------------------------------------------------
         for tile in 0..n_tiles {
             if tile + 1 < n_tiles {
-                load_tile(tile + 1);
+                load_tile(tile + 1, next_page);
+                next_page = if tile + 2 < n_tiles { tile_page(tile + 2) } else { None };
             }
             arch::cp_async_commit();
             arch::cp_async_wait::<1>();
@@ -363,25 +377,15 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
     arch::launch_dependents();
 }
 
-/// Address of KV row `token` of request `b`, KV head `g`, or `None` when the token is past `tok_end`, its
-/// block-table column is out of range, or its page id is outside the cache (read as zeros).
+/// Page id holding KV token `token` of request `b`, or `None` when its block-table column is past the
+/// table or the id is outside the cache (such tokens read as zeros, like FlashMLA's TMA out-of-bounds fill).
 #[inline(always)]
-fn kv_row(p: &DecodeParams, b: usize, g: usize, token: usize, tok_end: usize) -> Option<*const u16> {
-    if token >= tok_end {
-        return None;
-    }
+fn page_of(p: &DecodeParams, b: usize, token: usize) -> Option<i32> {
     let column = token / PAGE_BLOCK_SIZE;
     if column >= p.max_blocks_per_seq as usize {
         return None;
     }
     // SAFETY: b < batch_size and column < max_blocks_per_seq.
     let page = unsafe { *(p.block_table as *const i32).offset(b as isize * p.block_table_stride as isize + column as isize) };
-    if page < 0 || page >= p.num_blocks {
-        return None;
-    }
-    let offset = page as isize * p.k_page_stride as isize
-        + (token % PAGE_BLOCK_SIZE) as isize * p.k_row_stride as isize
-        + g as isize * p.k_head_stride as isize;
-    // SAFETY: page < num_blocks, row < 64 and g < h_kv address a 576-element row of the cache.
-    Some(unsafe { (p.k_cache as *const u16).offset(offset) })
+    (0..p.num_blocks).contains(&page).then_some(page)
 }
