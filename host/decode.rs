@@ -80,7 +80,8 @@ pub struct RawDecodeArgs {
 /// Everything one batch shape needs across decode calls: the scheduler metadata and the split
 /// workspaces (`o_accum`, `lse_accum`), allocated once. A decode step refreshes the metadata with
 /// [`FlashMla::get_mla_metadata`] and then runs [`FlashMla::decode`] for every layer; neither allocates
-/// or synchronises the host, so the step can be captured in a CUDA graph.
+/// or synchronises the host, so the step can be captured in a CUDA graph. Like FlashMLA's workspaces, a
+/// plan serves one stream at a time: its calls are ordered by the stream they are queued on.
 pub struct DecodePlan {
     pub(crate) metadata: SchedMetadata,
     pub(crate) o_accum: CudaSlice<f32>,
@@ -622,8 +623,9 @@ pub(crate) fn validate(
     })
 }
 
-/// Raw device address of a plan-owned allocation, without cudarc's cross-stream event bookkeeping (the
-/// plan is only ever used on the stream its caller passes, in order).
+/// Raw device address of a plan-owned allocation. The plan's buffers are ordered by the stream their
+/// calls are queued on (one stream at a time, see [`DecodePlan`]), so cudarc's per-buffer events are not
+/// needed, and they would not be valid inside a CUDA-graph capture.
 trait RawPtr {
     fn cu_device_ptr_raw(&self) -> sys::CUdeviceptr;
 }

@@ -102,6 +102,16 @@ pub enum Error {
         /// The limit it exceeds.
         limit: &'static str,
     },
+    /// Tensors of different element types where one is required.
+    #[error("{name} has dtype {got}, expected {expected}")]
+    DTypeMismatch {
+        /// The argument.
+        name: &'static str,
+        /// Required type.
+        expected: crate::DType,
+        /// Type passed.
+        got: crate::DType,
+    },
     /// A view reaches past the end of its buffer.
     #[error("{name}: the view needs {needed} elements but the buffer has {len}")]
     OutOfBounds {

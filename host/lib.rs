@@ -7,8 +7,14 @@
 //! a GPU.
 //!
 //! The API follows FlashMLA's two calls:
-//! 1. scheduling metadata for a batch ([`FlashMla::get_mla_metadata`], or [`get_mla_metadata_cpu`]);
-//! 2. the decode itself, which consumes it.
+//! 1. scheduling metadata for a batch ([`FlashMla::get_mla_metadata`], or [`get_mla_metadata_cpu`]),
+//!    once per decode step, into a [`DecodePlan`] made once per batch shape ([`FlashMla::plan_decode`]);
+//! 2. the decode itself, [`FlashMla::decode`] (FlashMLA's `flash_mla_with_kvcache`), once per layer.
+//!
+//! Neither allocates nor synchronises the host, so a step can be captured in a CUDA graph. Every invalid
+//! input is a typed [`Error`] before anything is launched. [`reference`](mod@reference) is an `f64` CPU reference of the
+//! same semantics; [`testdata`] builds FlashMLA-style test cases on the GPU and checks them against it;
+//! [`bench`](mod@bench) is the benchmark procedure behind `flashmla bench`.
 //!
 //! ```no_run
 //! use flashmla::{DecodeShape, FlashMla};

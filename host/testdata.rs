@@ -3,7 +3,8 @@
 //!
 //! * KV lengths: `mean`, or with `varlen` `max(normal(mean, mean/2), s_q)`; optionally about half of them 0.
 //! * The block table is a random permutation of the pages; entries past a sequence's last page are
-//!   `2147480000` (never read); every unused KV slot (the tail of the last page, whole unused pages) is NaN.
+//!   `2147480000` (even seeds) or point at NaN-filled pages (odd seeds); either way they must never be
+//!   read. Every unused KV slot (the tail of the last page, whole unused pages) is NaN.
 //! * q and k are uniform in `[-a, a]`, rounded to the dtype; `a = √3/10` gives FlashMLA's standard
 //!   deviation of 0.1 (`randn/10`); larger `a` gives sharp softmaxes.
 
@@ -156,7 +157,11 @@ impl CaseLayout {
                     .saturating_sub(j * PAGE_BLOCK_SIZE)
                     .min(PAGE_BLOCK_SIZE);
                 if valid == 0 {
-                    *slot = UNUSED_BLOCK_ID;
+                    // Odd seeds keep the permutation's page there, a page filled with NaN: the kernel must
+                    // not read past a sequence even where the table points at real pages.
+                    if spec.seed & 1 == 0 {
+                        *slot = UNUSED_BLOCK_ID;
+                    }
                 } else {
                     page_valid_rows[*slot as usize] = valid as i32;
                 }
@@ -272,10 +277,10 @@ impl FlashMla {
         spec: &CaseSpec,
     ) -> Result<DeviceCase<T>> {
         if T::DTYPE != spec.dtype {
-            return Err(Error::Shape {
-                name: "case dtype",
-                expected: vec![],
-                got: vec![],
+            return Err(Error::DTypeMismatch {
+                name: "case spec",
+                expected: T::DTYPE,
+                got: spec.dtype,
             });
         }
         let layout = CaseLayout::generate(spec);
@@ -518,7 +523,7 @@ pub fn check_case<T: Element>(
     let (b, s_q, h_q, h_kv) = (s.batch_size, s.seqlen_q, s.num_heads_q, s.num_heads_kv);
     let cuda = Error::cuda;
     let mut out = stream
-        .alloc_zeros::<u16>(b * s_q * h_q * HEAD_DIM_V)
+        .alloc_zeros::<T>(b * s_q * h_q * HEAD_DIM_V)
         .map_err(cuda("cuMemAlloc"))?;
     let mut lse = stream
         .alloc_zeros::<f32>(b * h_q * s_q)
@@ -527,7 +532,7 @@ pub fn check_case<T: Element>(
         let (n_out, n_lse) = (out.len(), lse.len());
         let (o, _g) = out.device_ptr_mut(stream);
         let (l, _g2) = lse.device_ptr_mut(stream);
-        // SAFETY: sized above.
+        // SAFETY: sized above; T is a 16-bit type, so D16 writes whole elements.
         unsafe {
             sys::cuMemsetD16Async(o, layout.spec.dtype.nan_bits(), n_out, stream.cu_stream())
                 .result()
@@ -539,25 +544,21 @@ pub fn check_case<T: Element>(
     }
     fm.get_mla_metadata(stream, &case.cache_seqlens, plan.metadata_mut())?;
     {
-        // SAFETY: T and u16 have the same size and alignment; the view covers the same elements.
-        let out_t = unsafe { out.transmute_mut::<T>(out.len()) }.ok_or(Error::Shape {
-            name: "out",
-            expected: vec![],
-            got: vec![],
-        })?;
         let mut outputs = DecodeOutputs {
-            out: TensorViewMut::contiguous("out", out_t, [b, s_q, h_q, HEAD_DIM_V])?,
+            out: TensorViewMut::contiguous("out", out.as_view_mut(), [b, s_q, h_q, HEAD_DIM_V])?,
             lse: TensorViewMut::contiguous("lse", lse.as_view_mut(), [b, h_q, s_q])?,
         };
         fm.decode(stream, plan, &case.args()?, &mut outputs, case.options())?;
     }
-    let out_bits = stream.clone_dtoh(&out).map_err(cuda("cuMemcpyDtoH"))?;
+    let out_host: Vec<f32> = stream
+        .clone_dtoh(&out)
+        .map_err(cuda("cuMemcpyDtoH"))?
+        .into_iter()
+        .map(T::to_f32)
+        .collect();
     let lse_host = stream.clone_dtoh(&lse).map_err(cuda("cuMemcpyDtoH"))?;
     let dtype = layout.spec.dtype;
-    let unwritten_out = out_bits
-        .iter()
-        .filter(|&&x| !dtype.bits_to_f32(x).is_finite())
-        .count();
+    let unwritten_out = out_host.iter().filter(|x| !x.is_finite()).count();
     let unwritten_lse = lse_host.iter().filter(|x| x.is_nan()).count();
 
     // Pick (batch, kv head, rows) to check against the reference.
@@ -667,7 +668,7 @@ pub fn check_case<T: Element>(
     for (i, t, h, row) in results.into_iter().flatten() {
         let base = ((i * s_q + t) * h_q + h) * HEAD_DIM_V;
         for d in 0..HEAD_DIM_V {
-            got_out.push(dtype.bits_to_f32(out_bits[base + d]) as f64);
+            got_out.push(out_host[base + d] as f64);
             // FlashMLA compares against the reference rounded to the output dtype.
             ref_out.push(dtype.round(row.out[d] as f32) as f64);
         }
@@ -885,33 +886,34 @@ mod tests {
 
     #[test]
     fn layout_marks_unused_pages_and_tails() {
-        let spec = CaseSpec {
-            zero_lengths: true,
-            ..CaseSpec::new(
-                DecodeShape::new(6, 2, 4, 1).unwrap(),
-                100,
-                true,
-                true,
-                DType::Bf16,
-                3,
-            )
-        };
-        let l = CaseLayout::generate(&spec);
-        assert_eq!(l.block_table.len(), 6 * l.max_blocks_per_seq);
-        let mut used = 0;
-        for (i, &len) in l.seqlens.iter().enumerate() {
-            for j in 0..l.max_blocks_per_seq {
-                let id = l.block_table[i * l.max_blocks_per_seq + j];
-                if j * 64 < len as usize {
-                    used += 1;
-                    let valid = (len as usize - j * 64).min(64) as i32;
-                    assert_eq!(l.page_valid_rows[id as usize], valid);
-                } else {
-                    assert_eq!(id, UNUSED_BLOCK_ID);
+        for seed in [3, 4] {
+            let shape = DecodeShape::new(6, 2, 4, 1).unwrap();
+            let spec = CaseSpec {
+                zero_lengths: true,
+                ..CaseSpec::new(shape, 100, true, true, DType::Bf16, seed)
+            };
+            let l = CaseLayout::generate(&spec);
+            assert_eq!(l.block_table.len(), 6 * l.max_blocks_per_seq);
+            let mut used = 0;
+            for (i, &len) in l.seqlens.iter().enumerate() {
+                for j in 0..l.max_blocks_per_seq {
+                    let id = l.block_table[i * l.max_blocks_per_seq + j];
+                    if j * 64 < len as usize {
+                        used += 1;
+                        let valid = (len as usize - j * 64).min(64) as i32;
+                        assert_eq!(l.page_valid_rows[id as usize], valid);
+                    } else if seed & 1 == 0 {
+                        assert_eq!(id, UNUSED_BLOCK_ID);
+                    } else {
+                        assert_eq!(
+                            l.page_valid_rows[id as usize], 0,
+                            "past the sequence: a NaN page"
+                        );
+                    }
                 }
             }
+            assert_eq!(l.page_valid_rows.iter().filter(|&&v| v > 0).count(), used);
         }
-        assert_eq!(l.page_valid_rows.iter().filter(|&&v| v > 0).count(), used);
     }
 
     #[test]
