@@ -103,7 +103,8 @@ impl Bencher {
 
     /// Allocates a flush buffer of 4 × L2.
     pub fn new(fm: &FlashMla, stream: &Arc<CudaStream>, iters: usize) -> Result<Self> {
-        let words = (fm.device_info().l2_cache_bytes as usize * 4 / 4).max(1 << 20);
+        // u32 words: as many words as L2 has bytes, i.e. 4 × L2.
+        let words = (fm.device_info().l2_cache_bytes as usize).max(1 << 20);
         let flush = stream
             .alloc_zeros::<u32>(words)
             .map_err(Error::cuda("cuMemAlloc"))?;

@@ -9,8 +9,8 @@ use crate::tensor::{DType, Element, TensorView, TensorViewMut};
 use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice};
 use flashmla_abi::{
-    max_total_splits, smem, CombineParams, DecodeParams, COMBINE_THREADS, COMBINE_WARPS,
-    DECODE_THREADS, HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE,
+    max_total_splits, smem, CombineParams, DecodeParams, OutputParams, COMBINE_THREADS,
+    COMBINE_WARPS, DECODE_THREADS, HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE,
 };
 use std::sync::Arc;
 
@@ -558,13 +558,21 @@ pub(crate) fn validate(
         });
     }
     let causal = a.options.causal && s_q > 1;
+    let output = OutputParams {
+        out: out_ptr,
+        lse: lse_ptr,
+        out_batch_stride: to_i64("out stride", out_strides[0])?,
+        out_seq_stride: to_i64("out stride", out_strides[1])?,
+        out_head_stride: to_i64("out stride", out_strides[2])?,
+        lse_batch_stride: to_i64("lse stride", lse_strides[0])?,
+        lse_head_stride: to_i64("lse stride", lse_strides[1])?,
+        lse_seq_stride: to_i64("lse stride", lse_strides[2])?,
+    };
     let decode = DecodeParams {
         q: q_ptr,
         k_cache: k_ptr,
         block_table: bt_ptr,
         seqlens_k: a.cache_seqlens,
-        out: out_ptr,
-        lse: lse_ptr,
         o_accum: 0,
         lse_accum: 0,
         tile_scheduler_metadata: 0,
@@ -576,12 +584,7 @@ pub(crate) fn validate(
         k_row_stride: to_i64("k_cache stride", k_strides[1])?,
         k_head_stride: to_i64("k_cache stride", k_strides[2])?,
         block_table_stride: to_i64("block_table stride", bt_strides[0])?,
-        out_batch_stride: to_i64("out stride", out_strides[0])?,
-        out_seq_stride: to_i64("out stride", out_strides[1])?,
-        out_head_stride: to_i64("out stride", out_strides[2])?,
-        lse_batch_stride: to_i64("lse stride", lse_strides[0])?,
-        lse_head_stride: to_i64("lse stride", lse_strides[1])?,
-        lse_seq_stride: to_i64("lse stride", lse_strides[2])?,
+        output,
         batch_size: to_i32("batch_size", b)?,
         seqlen_q: to_i32("seqlen_q", s_q)?,
         num_heads_kv: to_i32("num_heads_kv", shape.num_heads_kv)?,
@@ -594,17 +597,10 @@ pub(crate) fn validate(
         pad: 0,
     };
     let combine = CombineParams {
-        out: out_ptr,
-        lse: lse_ptr,
+        output,
         o_accum: 0,
         lse_accum: 0,
         num_splits: 0,
-        out_batch_stride: decode.out_batch_stride,
-        out_seq_stride: decode.out_seq_stride,
-        out_head_stride: decode.out_head_stride,
-        lse_batch_stride: decode.lse_batch_stride,
-        lse_head_stride: decode.lse_head_stride,
-        lse_seq_stride: decode.lse_seq_stride,
         batch_size: decode.batch_size,
         num_heads_kv: decode.num_heads_kv,
         heads_per_kv: decode.heads_per_kv,
@@ -701,7 +697,8 @@ mod tests {
         assert_eq!(l.decode.is_causal, 1);
         assert!((l.decode.scale_log2 - std::f32::consts::LOG2_E / 24.0).abs() < 1e-7);
         assert_eq!(l.decode.k_page_stride, (64 * H_KV * HEAD_DIM_K) as i64);
-        assert_eq!(l.decode.lse_head_stride, S_Q as i64);
+        assert_eq!(l.decode.output.lse_head_stride, S_Q as i64);
+        assert_eq!(l.combine.output, l.decode.output);
     }
 
     #[test]
@@ -988,6 +985,6 @@ mod tests {
         a.lse.2 = [1, B * S_Q, B];
         let l = check(&a).unwrap();
         assert_eq!(l.decode.q_head_stride, 640);
-        assert_eq!(l.decode.lse_batch_stride, 1);
+        assert_eq!(l.decode.output.lse_batch_stride, 1);
     }
 }

@@ -81,21 +81,17 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
         }
     }
     let hpk = p.heads_per_kv as usize;
-    let (t, head) = (r / hpk, kv_head * hpk + r % hpk);
+    let (t, head) = ((r / hpk) as u32, (kv_head * hpk + r % hpk) as u32);
     // SAFETY: validated strides address out[b, t, head, :] and lse[b, head, t].
     unsafe {
-        let out = (p.out as *mut u16).offset(
-            b as isize * p.out_batch_stride as isize + t as isize * p.out_seq_stride as isize + head as isize * p.out_head_stride as isize,
-        );
+        let out = (p.output.out as *mut u16).offset(p.output.out_offset(b, t, head));
         unroll!(I in [0, 1, 2, 3] {
             let o = out.add(lane * 4 + I * 128) as *mut u32;
             *o = E::pack(acc[I][0], acc[I][1]);
             *o.add(1) = E::pack(acc[I][2], acc[I][3]);
         });
         if lane == 0 {
-            *(p.lse as *mut f32).offset(
-                b as isize * p.lse_batch_stride as isize + head as isize * p.lse_head_stride as isize + t as isize * p.lse_seq_stride as isize,
-            ) = lse2 * LN_2;
+            *(p.output.lse as *mut f32).offset(p.output.lse_offset(b, t, head)) = lse2 * LN_2;
         }
     }
     arch::launch_dependents();

@@ -345,13 +345,8 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
                         unsafe { *(p.lse_accum as *mut f32).add(row_idx) = lse2 };
                     }
                 } else {
-                    let out = unsafe {
-                        (p.out as *mut u16).offset(
-                            b as isize * p.out_batch_stride as isize
-                                + t as isize * p.out_seq_stride as isize
-                                + head as isize * p.out_head_stride as isize,
-                        )
-                    };
+                    // SAFETY: validated strides address out[b, t, head, :].
+                    let out = unsafe { (p.output.out as *mut u16).offset(p.output.out_offset(b, t, head)) };
                     unroll!(NT in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
                         // SAFETY: inside out's row; 4-byte aligned (even column, validated strides).
                         unsafe {
@@ -360,13 +355,8 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
                     });
                     if me.half == 0 && me.tig == 0 {
                         let lse = if empty { f32::INFINITY } else { (arch::log2(sum) + row_max[H]) * LN_2 };
-                        unsafe {
-                            *(p.lse as *mut f32).offset(
-                                b as isize * p.lse_batch_stride as isize
-                                    + head as isize * p.lse_head_stride as isize
-                                    + t as isize * p.lse_seq_stride as isize,
-                            ) = lse;
-                        }
+                        // SAFETY: validated strides address lse[b, head, t].
+                        unsafe { *(p.output.lse as *mut f32).offset(p.output.lse_offset(b, t, head)) = lse };
                     }
                 }
             }

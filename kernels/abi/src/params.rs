@@ -117,10 +117,6 @@ pub struct DecodeParams {
     pub block_table: u64,
     /// `cache_seqlens [b]` (`i32`).
     pub seqlens_k: u64,
-    /// `out [b, s_q, h_q, 512]`, q's dtype: final output of unsplit requests.
-    pub out: u64,
-    /// `lse [b, h_q, s_q]` (`f32`, natural log): final lse of unsplit requests.
-    pub lse: u64,
     /// `o_accum [total_splits, h_kv, q_seq_per_hk, 512]` (`f32`): normalised partial outputs.
     pub o_accum: u64,
     /// `lse_accum [total_splits, h_kv, q_seq_per_hk]` (`f32`, base 2): partial lse.
@@ -143,18 +139,8 @@ pub struct DecodeParams {
     pub k_head_stride: i64,
     /// block_table stride between requests.
     pub block_table_stride: i64,
-    /// out stride between requests.
-    pub out_batch_stride: i64,
-    /// out stride between query tokens.
-    pub out_seq_stride: i64,
-    /// out stride between heads.
-    pub out_head_stride: i64,
-    /// lse stride between requests.
-    pub lse_batch_stride: i64,
-    /// lse stride between heads.
-    pub lse_head_stride: i64,
-    /// lse stride between query tokens.
-    pub lse_seq_stride: i64,
+    /// Final `out` and `lse` of unsplit requests.
+    pub output: OutputParams,
     /// Requests.
     pub batch_size: i32,
     /// Query tokens per request.
@@ -181,32 +167,18 @@ pub struct DecodeParams {
 unsafe impl DeviceRecord for DecodeParams {}
 
 /// Parameters of the combine kernels (FlashMLA `CombineParams`): merge the split partials of every split
-/// request into `out` and `lse`. Same folding and strides as [`DecodeParams`].
+/// request into `out` and `lse`. Same folding as [`DecodeParams`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CombineParams {
-    /// `out [b, s_q, h_q, 512]`.
-    pub out: u64,
-    /// `lse [b, h_q, s_q]`.
-    pub lse: u64,
+    /// `out` and `lse`, as in [`DecodeParams`].
+    pub output: OutputParams,
     /// `o_accum`, as in [`DecodeParams`].
     pub o_accum: u64,
     /// `lse_accum`, as in [`DecodeParams`].
     pub lse_accum: u64,
     /// `num_splits [b + 1]`.
     pub num_splits: u64,
-    /// out stride between requests.
-    pub out_batch_stride: i64,
-    /// out stride between query tokens.
-    pub out_seq_stride: i64,
-    /// out stride between heads.
-    pub out_head_stride: i64,
-    /// lse stride between requests.
-    pub lse_batch_stride: i64,
-    /// lse stride between heads.
-    pub lse_head_stride: i64,
-    /// lse stride between query tokens.
-    pub lse_seq_stride: i64,
     /// Requests.
     pub batch_size: i32,
     /// KV heads.
@@ -219,3 +191,48 @@ pub struct CombineParams {
 
 // SAFETY: repr(C), integers only.
 unsafe impl DeviceRecord for CombineParams {}
+
+/// Where the final results go: `out [b, s_q, h_q, 512]` (q's dtype, last dimension contiguous) and
+/// `lse [b, h_q, s_q]` (`f32`, natural log), with element strides. Written by the decode kernel for
+/// unsplit requests and by the combine kernel for split ones; both address them through this record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OutputParams {
+    /// `out` device address.
+    pub out: u64,
+    /// `lse` device address.
+    pub lse: u64,
+    /// out stride between requests.
+    pub out_batch_stride: i64,
+    /// out stride between query tokens.
+    pub out_seq_stride: i64,
+    /// out stride between heads.
+    pub out_head_stride: i64,
+    /// lse stride between requests.
+    pub lse_batch_stride: i64,
+    /// lse stride between heads.
+    pub lse_head_stride: i64,
+    /// lse stride between query tokens.
+    pub lse_seq_stride: i64,
+}
+
+impl OutputParams {
+    /// Element offset of `out[b, t, head, 0]`.
+    #[inline(always)]
+    pub fn out_offset(&self, b: usize, t: u32, head: u32) -> isize {
+        b as isize * self.out_batch_stride as isize
+            + t as isize * self.out_seq_stride as isize
+            + head as isize * self.out_head_stride as isize
+    }
+
+    /// Element offset of `lse[b, head, t]`.
+    #[inline(always)]
+    pub fn lse_offset(&self, b: usize, t: u32, head: u32) -> isize {
+        b as isize * self.lse_batch_stride as isize
+            + head as isize * self.lse_head_stride as isize
+            + t as isize * self.lse_seq_stride as isize
+    }
+}
+
+// SAFETY: repr(C), integers only.
+unsafe impl DeviceRecord for OutputParams {}

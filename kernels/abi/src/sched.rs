@@ -28,6 +28,12 @@ pub const fn sched_request_cost(seqlen: i32) -> i64 {
 /// `(ceil(q_seq_per_hk / 64), h_kv, num_sm_parts)` is at most one wave of one CTA per SM.
 /// `q_seq_per_hk = s_q · h_q / h_kv` is the number of query rows folded onto one KV head.
 /// Zero arguments are treated as 1.
+///
+/// ```
+/// // H200 (132 SMs), MLA with one KV head: 128 heads × 1 token = two 64-row tiles per KV head.
+/// assert_eq!(flashmla_abi::num_sm_parts(132, 1, 128), 66);
+/// assert_eq!(flashmla_abi::num_sm_parts(132, 8, 4096), 1); // FlashMLA v1 divided to 0 here
+/// ```
 #[inline]
 pub const fn num_sm_parts(num_sms: u32, h_kv: u32, q_seq_per_hk: u32) -> u32 {
     let h_kv = if h_kv == 0 { 1 } else { h_kv };
@@ -58,6 +64,17 @@ pub const fn max_total_splits(batch_size: usize, num_sm_parts: usize) -> usize {
 /// Returns `false` only if the pass did not assign every block (FlashMLA's `FLASH_DEVICE_ASSERT`), which
 /// the cost bound rules out: each part's capacity exceeds what it can waste or add in split overhead.
 /// `batch_size` must be ≥ 1 and `num_sm_parts` ≥ 1.
+///
+/// ```
+/// use flashmla_abi::{schedule, sched_request_cost, DecodingSchedMeta};
+/// let seqlens = [4641, 45118, 1730, 1696];
+/// let total = seqlens.iter().map(|&s| sched_request_cost(s)).sum();
+/// let (mut parts, mut num_splits) = ([DecodingSchedMeta::default(); 8], [0i32; 5]);
+/// let done = schedule(4, 8, |i| seqlens[i], total, |p, m| parts[p] = m, |i, v| num_splits[i] = v);
+/// assert!(done);
+/// assert_eq!(num_splits, [0, 1, 9, 10, 11]); // request 1 is cut into 8 chunks
+/// assert_eq!((parts[0].begin_req_idx, parts[0].end_req_idx, parts[0].end_block_idx), (0, 1, 29));
+/// ```
 #[inline(always)]
 pub fn schedule<S, M, N>(
     batch_size: usize,
