@@ -5,7 +5,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use cudarc::driver::sys::CUevent_flags;
 use flashmla::bench::{flashmla_bytes, flashmla_flops};
 use flashmla::testdata::CaseSpec;
-use flashmla::{DType, DecodeOutputs, DecodeShape, FlashMla, TensorViewMut};
+use flashmla::{DType, DecodeShape, FlashMla, OutputBuffers};
 use half::bf16;
 use std::time::Duration;
 
@@ -38,16 +38,9 @@ fn bench(c: &mut Criterion) {
         let mut plan = fm.plan_decode(&stream, shape).expect("plan");
         fm.get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())
             .expect("metadata");
-        let mut out = stream
-            .alloc_zeros::<bf16>(b * s_q * h_q * 512)
-            .expect("alloc");
-        let mut lse = stream.alloc_zeros::<f32>(b * h_q * s_q).expect("alloc");
         let args = case.args().expect("args");
-        let mut outputs = DecodeOutputs {
-            out: TensorViewMut::contiguous("out", out.as_view_mut(), [b, s_q, h_q, 512])
-                .expect("view"),
-            lse: TensorViewMut::contiguous("lse", lse.as_view_mut(), [b, h_q, s_q]).expect("view"),
-        };
+        let mut buffers = OutputBuffers::<bf16>::alloc(&stream, [b, s_q, h_q]).expect("alloc");
+        let mut outputs = buffers.views().expect("views");
         let total = case.layout.total_seqlen_k();
         eprintln!(
             "decode b={b} s_q={s_q} s_k={s_k} h_q={h_q}: {:.1} GFLOP, {:.1} MB by FlashMLA's formulas",

@@ -2,8 +2,8 @@
 //! and byte formulas, CUDA-event timing with an L2 flush before every run, and the two ceilings measured
 //! in the same run (device-to-device copy bandwidth and cuBLAS bf16 matmul rate).
 
-use crate::decode::{DecodeOptions, DecodeOutputs, DecodePlan};
-use crate::tensor::{DType, Element, TensorViewMut};
+use crate::decode::{DecodeOptions, DecodePlan, OutputBuffers};
+use crate::tensor::{DType, Element};
 use crate::testdata::{CaseSpec, DeviceCase};
 use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
@@ -286,18 +286,10 @@ impl Bencher {
         let mut plan: DecodePlan = fm.plan_decode(&stream, dshape)?;
         fm.get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())?;
         let (b, s_q, h_q) = (shape.b, shape.s_q, shape.h_q);
-        let mut out = stream
-            .alloc_zeros::<T>(b * s_q * h_q * HEAD_DIM_V)
-            .map_err(Error::cuda("cuMemAlloc"))?;
-        let mut lse = stream
-            .alloc_zeros::<f32>(b * h_q * s_q)
-            .map_err(Error::cuda("cuMemAlloc"))?;
+        let mut buffers = OutputBuffers::<T>::alloc(&stream, [b, s_q, h_q])?;
+        let mut outputs = buffers.views()?;
         let args = case.args()?;
         let options: DecodeOptions = case.options();
-        let mut outputs = DecodeOutputs {
-            out: TensorViewMut::contiguous("out", out.as_view_mut(), [b, s_q, h_q, HEAD_DIM_V])?,
-            lse: TensorViewMut::contiguous("lse", lse.as_view_mut(), [b, h_q, s_q])?,
-        };
         let (us, min_us) = self.time_us(3, || {
             fm.decode(&stream, &mut plan, &args, &mut outputs, options)
         })?;

@@ -55,6 +55,45 @@ pub struct DecodeOutputs<'a, T> {
     pub lse: TensorViewMut<'a, f32, 3>,
 }
 
+/// Owned, contiguous output buffers: `out [b, s_q, h_q, 512]` and `lse [b, h_q, s_q]`.
+pub struct OutputBuffers<T> {
+    /// `[b, s_q, h_q, 512]`.
+    pub out: CudaSlice<T>,
+    /// `[b, h_q, s_q]`.
+    pub lse: CudaSlice<f32>,
+    /// `[b, s_q, h_q]`.
+    dims: [usize; 3],
+}
+
+impl<T: Element> OutputBuffers<T> {
+    /// Allocates (uninitialised) outputs for `[b, s_q, h_q]`: a decode writes every element.
+    pub fn alloc(stream: &Arc<CudaStream>, [b, s_q, h_q]: [usize; 3]) -> Result<Self> {
+        // SAFETY: plain data, written by the decode or combine kernel before anything reads it.
+        let out = unsafe { stream.alloc::<T>(b * s_q * h_q * HEAD_DIM_V) }
+            .map_err(Error::cuda("cuMemAlloc"))?;
+        let lse =
+            unsafe { stream.alloc::<f32>(b * h_q * s_q) }.map_err(Error::cuda("cuMemAlloc"))?;
+        Ok(Self {
+            out,
+            lse,
+            dims: [b, s_q, h_q],
+        })
+    }
+
+    /// The views a decode call writes.
+    pub fn views(&mut self) -> Result<DecodeOutputs<'_, T>> {
+        let [b, s_q, h_q] = self.dims;
+        Ok(DecodeOutputs {
+            out: TensorViewMut::contiguous(
+                "out",
+                self.out.as_view_mut(),
+                [b, s_q, h_q, HEAD_DIM_V],
+            )?,
+            lse: TensorViewMut::contiguous("lse", self.lse.as_view_mut(), [b, h_q, s_q])?,
+        })
+    }
+}
+
 /// Raw decode arguments for runtimes that own their memory: device pointers, shapes and strides in
 /// elements (see [`FlashMla::decode_raw`]).
 #[derive(Clone, Copy, Debug)]
@@ -86,6 +125,19 @@ pub struct DecodePlan {
     pub(crate) metadata: SchedMetadata,
     pub(crate) o_accum: CudaSlice<f32>,
     pub(crate) lse_accum: CudaSlice<f32>,
+    addresses: PlanAddresses,
+}
+
+/// Device addresses of the plan's own buffers, taken once when the plan is made: the buffers are only
+/// ever used by the plan's calls, ordered by the one stream they are queued on, so a decode call needs
+/// neither cudarc's per-buffer events (host work on every layer, and not capturable in a CUDA graph) nor a
+/// fresh lookup.
+#[derive(Clone, Copy, Debug)]
+struct PlanAddresses {
+    tile_scheduler_metadata: sys::CUdeviceptr,
+    num_splits: sys::CUdeviceptr,
+    o_accum: sys::CUdeviceptr,
+    lse_accum: sys::CUdeviceptr,
 }
 
 impl std::fmt::Debug for DecodePlan {
@@ -228,10 +280,17 @@ impl FlashMla {
         let o_accum =
             unsafe { stream.alloc::<f32>(rows * HEAD_DIM_V) }.map_err(Error::cuda("cuMemAlloc"))?;
         let lse_accum = unsafe { stream.alloc::<f32>(rows) }.map_err(Error::cuda("cuMemAlloc"))?;
+        let addresses = PlanAddresses {
+            tile_scheduler_metadata: metadata.tile_scheduler_metadata.device_ptr(stream).0,
+            num_splits: metadata.num_splits.device_ptr(stream).0,
+            o_accum: o_accum.device_ptr(stream).0,
+            lse_accum: lse_accum.device_ptr(stream).0,
+        };
         Ok(DecodePlan {
             metadata,
             o_accum,
             lse_accum,
+            addresses,
         })
     }
 
@@ -339,17 +398,9 @@ impl FlashMla {
         options: DecodeOptions,
     ) -> Result<(CudaSlice<T>, CudaSlice<f32>)> {
         let [b, s_q, h_q, _] = args.q.shape;
-        let n_out = b * s_q * h_q * HEAD_DIM_V;
-        // SAFETY: plain data; every element is written by the decode or combine kernel.
-        let mut out = unsafe { stream.alloc::<T>(n_out) }.map_err(Error::cuda("cuMemAlloc"))?;
-        let mut lse =
-            unsafe { stream.alloc::<f32>(b * h_q * s_q) }.map_err(Error::cuda("cuMemAlloc"))?;
-        let mut outputs = DecodeOutputs {
-            out: TensorViewMut::contiguous("out", out.as_view_mut(), [b, s_q, h_q, HEAD_DIM_V])?,
-            lse: TensorViewMut::contiguous("lse", lse.as_view_mut(), [b, h_q, s_q])?,
-        };
-        self.decode(stream, plan, args, &mut outputs, options)?;
-        Ok((out, lse))
+        let mut buffers = OutputBuffers::<T>::alloc(stream, [b, s_q, h_q])?;
+        self.decode(stream, plan, args, &mut buffers.views()?, options)?;
+        Ok((buffers.out, buffers.lse))
     }
 
     /// [`decode`](Self::decode) on raw device pointers and a raw stream, for runtimes that own their
@@ -406,16 +457,16 @@ impl FlashMla {
         // Only the sm_90a module waits with griddepcontrol; PDL lets each kernel's launch overlap the
         // previous kernel's tail.
         let pdl = inner.ptx.arch == PtxArch::Sm90a;
-        // The workspaces and metadata are plan-owned allocations of this context; their raw addresses are
-        // taken on the decode stream itself, so no cross-stream ordering is needed beyond the stream's own.
-        let meta = plan.metadata.tile_scheduler_metadata.cu_device_ptr_raw();
-        let num_splits = plan.metadata.num_splits.cu_device_ptr_raw();
-        let o_accum = plan.o_accum.cu_device_ptr_raw();
-        let lse_accum = plan.lse_accum.cu_device_ptr_raw();
+        let PlanAddresses {
+            tile_scheduler_metadata,
+            num_splits,
+            o_accum,
+            lse_accum,
+        } = plan.addresses;
         let decode = DecodeParams {
             o_accum,
             lse_accum,
-            tile_scheduler_metadata: meta,
+            tile_scheduler_metadata,
             num_splits,
             ..launch.decode
         };
@@ -617,21 +668,6 @@ pub(crate) fn validate(
         combine_grid: (b as u32, combine_blocks as u32, 1),
         dtype: a.dtype,
     })
-}
-
-/// Raw device address of a plan-owned allocation. The plan's buffers are ordered by the stream their
-/// calls are queued on (one stream at a time, see [`DecodePlan`]), so cudarc's per-buffer events are not
-/// needed, and they would not be valid inside a CUDA-graph capture.
-trait RawPtr {
-    fn cu_device_ptr_raw(&self) -> sys::CUdeviceptr;
-}
-
-impl<T> RawPtr for CudaSlice<T> {
-    fn cu_device_ptr_raw(&self) -> sys::CUdeviceptr {
-        let (ptr, guard) = self.device_ptr(self.stream());
-        drop(guard);
-        ptr
-    }
 }
 
 #[cfg(test)]

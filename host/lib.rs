@@ -44,7 +44,9 @@ mod sched;
 mod tensor;
 pub mod testdata;
 
-pub use decode::{DecodeArgs, DecodeOptions, DecodeOutputs, DecodePlan, RawDecodeArgs};
+pub use decode::{
+    DecodeArgs, DecodeOptions, DecodeOutputs, DecodePlan, OutputBuffers, RawDecodeArgs,
+};
 pub use error::{Error, Result};
 /// The records and constants shared with the GPU kernels (the `flashmla-abi` crate).
 pub use flashmla_abi as abi;

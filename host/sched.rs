@@ -3,7 +3,7 @@
 
 use crate::launch::{self, LaunchConfig};
 use crate::{Error, FlashMla, Result};
-use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{sys, CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut};
 use flashmla_abi::{
     self as abi, sched_request_cost, DecodingSchedMeta, SchedMetaParams, MAX_SCHED_BATCH,
     SCHED_META_THREADS, SCHED_META_WORDS,
@@ -210,12 +210,16 @@ impl SchedMetadata {
         &self.num_splits
     }
 
-    /// Mutable access to both buffers (`tile_scheduler_metadata`, `num_splits`), for runtimes that
-    /// fill them by other means and for tests that poison them before a run. The decode kernels trust
-    /// their contents: they must hold a schedule for this shape.
-    pub fn buffers_mut(&mut self) -> (&mut CudaSlice<i32>, &mut CudaSlice<i32>) {
+    /// Writable views of both buffers (`tile_scheduler_metadata`, `num_splits`), for runtimes that fill
+    /// them by other means and for tests that poison them before a run. Views, not the allocations: a
+    /// [`DecodePlan`](crate::DecodePlan) keeps their addresses. The decode kernels trust the contents:
+    /// they must hold a schedule for this shape.
+    pub fn buffers_mut(&mut self) -> (CudaViewMut<'_, i32>, CudaViewMut<'_, i32>) {
         self.computed = true;
-        (&mut self.tile_scheduler_metadata, &mut self.num_splits)
+        (
+            self.tile_scheduler_metadata.as_view_mut(),
+            self.num_splits.as_view_mut(),
+        )
     }
 
     /// Copies the schedule to the host (synchronises `stream`).

@@ -8,11 +8,11 @@
 //! * q and k are uniform in `[-a, a]`, rounded to the dtype; `a = √3/10` gives FlashMLA's standard
 //!   deviation of 0.1 (`randn/10`); larger `a` gives sharp softmaxes.
 
-use crate::decode::{DecodeArgs, DecodeOptions, DecodeOutputs, DecodePlan};
+use crate::decode::{DecodeArgs, DecodeOptions, DecodePlan, OutputBuffers};
 use crate::launch::{self, LaunchConfig};
 use crate::reference::{attend_row, attended_keys};
 use crate::rng::SplitMix64;
-use crate::tensor::{DType, Element, TensorView, TensorViewMut};
+use crate::tensor::{DType, Element, TensorView};
 use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use flashmla_abi::{fill_value, FillParams, FILL_THREADS, HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};
@@ -522,16 +522,11 @@ pub fn check_case<T: Element>(
     let s = layout.spec.shape;
     let (b, s_q, h_q, h_kv) = (s.batch_size, s.seqlen_q, s.num_heads_q, s.num_heads_kv);
     let cuda = Error::cuda;
-    let mut out = stream
-        .alloc_zeros::<T>(b * s_q * h_q * HEAD_DIM_V)
-        .map_err(cuda("cuMemAlloc"))?;
-    let mut lse = stream
-        .alloc_zeros::<f32>(b * h_q * s_q)
-        .map_err(cuda("cuMemAlloc"))?;
+    let mut buffers = OutputBuffers::<T>::alloc(stream, [b, s_q, h_q])?;
     {
-        let (n_out, n_lse) = (out.len(), lse.len());
-        let (o, _g) = out.device_ptr_mut(stream);
-        let (l, _g2) = lse.device_ptr_mut(stream);
+        let (n_out, n_lse) = (buffers.out.len(), buffers.lse.len());
+        let (o, _g) = buffers.out.device_ptr_mut(stream);
+        let (l, _g2) = buffers.lse.device_ptr_mut(stream);
         // SAFETY: sized above; T is a 16-bit type, so D16 writes whole elements.
         unsafe {
             sys::cuMemsetD16Async(o, layout.spec.dtype.nan_bits(), n_out, stream.cu_stream())
@@ -543,13 +538,14 @@ pub fn check_case<T: Element>(
         }
     }
     fm.get_mla_metadata(stream, &case.cache_seqlens, plan.metadata_mut())?;
-    {
-        let mut outputs = DecodeOutputs {
-            out: TensorViewMut::contiguous("out", out.as_view_mut(), [b, s_q, h_q, HEAD_DIM_V])?,
-            lse: TensorViewMut::contiguous("lse", lse.as_view_mut(), [b, h_q, s_q])?,
-        };
-        fm.decode(stream, plan, &case.args()?, &mut outputs, case.options())?;
-    }
+    fm.decode(
+        stream,
+        plan,
+        &case.args()?,
+        &mut buffers.views()?,
+        case.options(),
+    )?;
+    let OutputBuffers { out, lse, .. } = buffers;
     let out_host: Vec<f32> = stream
         .clone_dtoh(&out)
         .map_err(cuda("cuMemcpyDtoH"))?
@@ -693,25 +689,24 @@ pub const DEFAULT_ROW_BUDGET: usize = 3_000_000;
 /// FlashMLA's test sweep (`tests/test_flash_mla.py`): b = 128, mean s_k ∈ {4096, 8192, 16384},
 /// h_q ∈ {16, 32, 64, 128}, s_q ∈ {1, 2}, varlen off/on, causal, h_kv = 1.
 pub fn flashmla_sweep(dtype: DType, seed: u64) -> Vec<CaseSpec> {
-    let mut cases = Vec::new();
-    for s_k in [4096, 8192, 16384] {
-        for h_q in [16, 32, 64, 128] {
-            for s_q in [1, 2] {
-                for varlen in [false, true] {
-                    let shape = DecodeShape::new(128, s_q, h_q, 1).expect("valid shape");
-                    cases.push(CaseSpec::new(
-                        shape,
-                        s_k,
-                        varlen,
-                        true,
-                        dtype,
-                        seed ^ (cases.len() as u64 * 7919),
-                    ));
-                }
-            }
-        }
-    }
-    cases
+    // The same shapes as the benchmark grid's b = 128 rows (one list: `bench::flashmla_grid`).
+    crate::bench::flashmla_grid()
+        .into_iter()
+        .filter(|g| g.b == 128)
+        .enumerate()
+        .map(|(n, g)| {
+            let shape =
+                DecodeShape::new(g.b, g.s_q, g.h_q, g.h_kv).expect("the grid's shapes are valid");
+            CaseSpec::new(
+                shape,
+                g.s_k,
+                g.varlen,
+                g.causal,
+                dtype,
+                seed ^ (n as u64 * 7919),
+            )
+        })
+        .collect()
 }
 
 /// `n` cases drawn from FlashMLA HEAD's correctness grid (`tests/test_flash_mla_dense_decoding.py`):
@@ -913,6 +908,24 @@ mod tests {
                 }
             }
             assert_eq!(l.page_valid_rows.iter().filter(|&&v| v > 0).count(), used);
+        }
+    }
+
+    #[test]
+    fn flashmla_sweep_is_its_48_case_grid() {
+        let cases = flashmla_sweep(DType::Bf16, 1);
+        assert_eq!(cases.len(), 48);
+        for s_k in [4096, 8192, 16384] {
+            for h_q in [16, 32, 64, 128] {
+                for s_q in [1, 2] {
+                    for varlen in [false, true] {
+                        assert!(cases.iter().any(|c| c.mean_seqlen_k == s_k
+                            && c.shape == DecodeShape::new(128, s_q, h_q, 1).unwrap()
+                            && c.varlen == varlen
+                            && c.causal));
+                    }
+                }
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 //! Every case is skipped, not passed, where there is no driver or no suitable device.
 mod harness;
 
-use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use flashmla::abi::{DecodingSchedMeta, SCHED_META_WORDS};
 use flashmla::ptx::PtxArch;
 use flashmla::rng::SplitMix64;
@@ -11,7 +11,7 @@ use flashmla::testdata::{
 };
 use flashmla::{
     get_mla_metadata_cpu, DType, DecodeArgs, DecodeOptions, DecodeOutputs, DecodePlan, DecodeShape,
-    Error, FlashMla, TensorView, TensorViewMut,
+    Error, FlashMla, OutputBuffers, TensorView, TensorViewMut,
 };
 use half::bf16;
 use harness::{check, Fail, Outcome, Skip};
@@ -51,10 +51,11 @@ fn cuda<T>(r: Result<T, cudarc::driver::DriverError>) -> Result<T, String> {
 }
 
 /// Fills an `i32` buffer with a poison value, so words the kernel fails to write are caught.
-fn poison(stream: &Arc<CudaStream>, buf: &mut CudaSlice<i32>) -> Result<(), String> {
-    let (ptr, _guard) = buf.device_ptr(stream);
-    // SAFETY: `ptr` addresses buf.len() i32s of this context; ordered on `stream`.
-    cuda(unsafe { sys::cuMemsetD32Async(ptr, 0x7FBA_DBAD, buf.len(), stream.cu_stream()) }.result())
+fn poison<B: DevicePtrMut<i32>>(stream: &Arc<CudaStream>, buf: &mut B) -> Result<(), String> {
+    let n = buf.len();
+    let (ptr, _guard) = buf.device_ptr_mut(stream);
+    // SAFETY: `ptr` addresses n i32s of this context; ordered on `stream`.
+    cuda(unsafe { sys::cuMemsetD32Async(ptr, 0x7FBA_DBAD, n, stream.cu_stream()) }.result())
 }
 
 fn random_seqlens(rng: &mut SplitMix64, b: usize) -> Vec<i32> {
@@ -121,9 +122,9 @@ gpu_case!(sched_meta_matches_cpu_on_random_batches, |fm| {
             let mut meta = fm
                 .alloc_sched_metadata(&stream, shape)
                 .map_err(|e| e.to_string())?;
-            let (m, p) = meta.buffers_mut();
-            poison(&stream, m)?;
-            poison(&stream, p)?;
+            let (mut m, mut p) = meta.buffers_mut();
+            poison(&stream, &mut m)?;
+            poison(&stream, &mut p)?;
             fm.get_mla_metadata(&stream, &d_seqlens, &mut meta)
                 .map_err(|e| e.to_string())?;
             (
@@ -379,9 +380,8 @@ gpu_case!(decode_cuda_graph_capture_and_replay, |fm| {
         .generate_case::<bf16>(&stream, &spec)
         .map_err(|e| e.to_string())?;
     let mut plan = fm.plan_decode(&stream, shape).map_err(|e| e.to_string())?;
-    let n_out = 16 * 2 * 64 * 512;
-    let mut out = cuda(stream.alloc_zeros::<bf16>(n_out))?;
-    let mut lse = cuda(stream.alloc_zeros::<f32>(16 * 64 * 2))?;
+    let mut captured_out =
+        OutputBuffers::<bf16>::alloc(&stream, [16, 2, 64]).map_err(|e| e.to_string())?;
     // Lengths live in one device buffer that the graph reads; the replay uses the updated values.
     let mut seqlens = cuda(stream.clone_htod(&case.layout.seqlens))?;
     let short: Vec<i32> = case.layout.seqlens.iter().map(|&l| l / 2).collect();
@@ -389,8 +389,7 @@ gpu_case!(decode_cuda_graph_capture_and_replay, |fm| {
     // one stream, so switch it off for the capture.
     unsafe { fm.context().disable_event_tracking() };
     let run = |plan: &mut DecodePlan,
-               out: &mut CudaSlice<bf16>,
-               lse: &mut CudaSlice<f32>,
+               outputs: &mut OutputBuffers<bf16>,
                seqlens: &CudaSlice<i32>|
      -> Result<(), String> {
         fm.get_mla_metadata(&stream, seqlens, plan.metadata_mut())
@@ -399,17 +398,12 @@ gpu_case!(decode_cuda_graph_capture_and_replay, |fm| {
             cache_seqlens: seqlens.as_view(),
             ..case.args().map_err(|e| e.to_string())?
         };
-        let mut outputs = DecodeOutputs {
-            out: TensorViewMut::contiguous("out", out.as_view_mut(), [16, 2, 64, 512])
-                .map_err(|e| e.to_string())?,
-            lse: TensorViewMut::contiguous("lse", lse.as_view_mut(), [16, 64, 2])
-                .map_err(|e| e.to_string())?,
-        };
-        fm.decode(&stream, plan, &args, &mut outputs, case.options())
+        let mut views = outputs.views().map_err(|e| e.to_string())?;
+        fm.decode(&stream, plan, &args, &mut views, case.options())
             .map_err(|e| e.to_string())
     };
     cuda(stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL))?;
-    let captured = run(&mut plan, &mut out, &mut lse, &seqlens);
+    let captured = run(&mut plan, &mut captured_out, &seqlens);
     let graph = cuda(stream.end_capture(
         sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
     ))?;
@@ -420,18 +414,16 @@ gpu_case!(decode_cuda_graph_capture_and_replay, |fm| {
         cuda(stream.memcpy_htod(lens.as_slice(), &mut seqlens))?;
         cuda(graph.launch())?;
         let replayed = (
-            cuda(stream.clone_dtoh(&out))?,
-            cuda(stream.clone_dtoh(&lse))?,
+            cuda(stream.clone_dtoh(&captured_out.out))?,
+            cuda(stream.clone_dtoh(&captured_out.lse))?,
         );
         let mut plan2 = fm.plan_decode(&stream, shape).map_err(|e| e.to_string())?;
-        let (mut out2, mut lse2) = (
-            cuda(stream.alloc_zeros::<bf16>(n_out))?,
-            cuda(stream.alloc_zeros::<f32>(16 * 64 * 2))?,
-        );
-        run(&mut plan2, &mut out2, &mut lse2, &seqlens)?;
+        let mut direct_out =
+            OutputBuffers::<bf16>::alloc(&stream, [16, 2, 64]).map_err(|e| e.to_string())?;
+        run(&mut plan2, &mut direct_out, &seqlens)?;
         let direct = (
-            cuda(stream.clone_dtoh(&out2))?,
-            cuda(stream.clone_dtoh(&lse2))?,
+            cuda(stream.clone_dtoh(&direct_out.out))?,
+            cuda(stream.clone_dtoh(&direct_out.lse))?,
         );
         let same = replayed
             .0
