@@ -2,7 +2,7 @@
 //! and byte formulas, CUDA-event timing with an L2 flush before every run, and the two ceilings measured
 //! in the same run (device-to-device copy bandwidth and cuBLAS bf16 matmul rate).
 
-use crate::decode::{DecodeOptions, DecodePlan, OutputBuffers};
+use crate::decode::{DecodeKernel, DecodeOptions, DecodePlan, OutputBuffers};
 use crate::tensor::{DType, Element};
 use crate::testdata::{CaseSpec, DeviceCase};
 use crate::{DecodeShape, Error, FlashMla, Result};
@@ -95,6 +95,8 @@ pub struct Bencher {
     stream: Arc<CudaStream>,
     flush: CudaSlice<u32>,
     events: Vec<(CudaEvent, CudaEvent)>,
+    /// The split-KV kernel the decode rows time.
+    pub kernel: DecodeKernel,
 }
 
 impl Bencher {
@@ -124,6 +126,7 @@ impl Bencher {
             stream: stream.clone(),
             flush,
             events,
+            kernel: DecodeKernel::Auto,
         })
     }
 
@@ -274,14 +277,17 @@ impl Bencher {
     fn decode_row_typed<T: Element>(&mut self, shape: &BenchShape, seed: u64) -> Result<BenchRow> {
         let (fm, stream) = (self.fm.clone(), self.stream.clone());
         let dshape = DecodeShape::new(shape.b, shape.s_q, shape.h_q, shape.h_kv)?;
-        let spec = CaseSpec::new(
-            dshape,
-            shape.s_k,
-            shape.varlen,
-            shape.causal,
-            T::DTYPE,
-            seed,
-        );
+        let spec = CaseSpec {
+            kernel: self.kernel,
+            ..CaseSpec::new(
+                dshape,
+                shape.s_k,
+                shape.varlen,
+                shape.causal,
+                T::DTYPE,
+                seed,
+            )
+        };
         let case: DeviceCase<T> = fm.generate_case(&stream, &spec)?;
         let mut plan: DecodePlan = fm.plan_decode(&stream, dshape)?;
         fm.get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())?;

@@ -9,8 +9,9 @@ use crate::tensor::{DType, Element, TensorView, TensorViewMut};
 use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice};
 use flashmla_abi::{
-    max_total_splits, smem, CombineParams, DecodeParams, OutputParams, COMBINE_THREADS,
-    COMBINE_WARPS, DECODE_THREADS, HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE,
+    max_total_splits, sm90_smem, smem, CombineParams, DecodeParams, OutputParams,
+    Sm90DecodeParams, TensorMapBytes, COMBINE_THREADS, COMBINE_WARPS, DECODE_THREADS, HEAD_DIM_K,
+    HEAD_DIM_V, PAGE_BLOCK_SIZE, SM90_THREADS, TILE_COLS,
 };
 use std::sync::Arc;
 
@@ -24,6 +25,31 @@ pub struct DecodeOptions {
     /// The longest `cache_seqlens` entry, when the caller knows it on the host: then a block table too
     /// small for it is an error instead of the tokens past the table being ignored.
     pub max_seqlen_k: Option<usize>,
+    /// Which split-KV kernel runs.
+    pub kernel: DecodeKernel,
+}
+
+/// The split-KV decode kernel a call runs. Both compute the same thing within the same tolerances;
+/// the portable one stays available on Hopper as a cross-check and a baseline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DecodeKernel {
+    /// The Hopper kernel on compute capability 9.0 devices, the portable kernel elsewhere.
+    #[default]
+    Auto,
+    /// The wgmma + TMA kernel (`kernels/src/decode_sm90.rs`); an error on devices without it.
+    Hopper,
+    /// The `mma.sync` + `cp.async` kernel (`kernels/src/decode.rs`), any sm_80+ device.
+    Portable,
+}
+
+impl std::fmt::Display for DecodeKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DecodeKernel::Auto => "auto",
+            DecodeKernel::Hopper => "hopper (wgmma + TMA)",
+            DecodeKernel::Portable => "portable (mma.sync + cp.async)",
+        })
+    }
 }
 
 impl DecodeOptions {
@@ -125,6 +151,8 @@ pub struct DecodePlan {
     pub(crate) metadata: SchedMetadata,
     pub(crate) o_accum: CudaSlice<f32>,
     pub(crate) lse_accum: CudaSlice<f32>,
+    /// One 128-byte tensor-map slot per Hopper decode CTA (sm_90a handles only).
+    tensor_map_slots: Option<CudaSlice<u8>>,
     addresses: PlanAddresses,
 }
 
@@ -138,6 +166,8 @@ struct PlanAddresses {
     num_splits: sys::CUdeviceptr,
     o_accum: sys::CUdeviceptr,
     lse_accum: sys::CUdeviceptr,
+    /// 0 when the plan has no tensor-map slots.
+    tensor_map_slots: sys::CUdeviceptr,
 }
 
 impl std::fmt::Debug for DecodePlan {
@@ -169,6 +199,7 @@ impl DecodePlan {
     pub fn device_bytes(&self) -> usize {
         (self.o_accum.len() + self.lse_accum.len()) * 4
             + (self.metadata.tile_scheduler_metadata.len() + self.metadata.num_splits.len()) * 4
+            + self.tensor_map_slots.as_ref().map_or(0, |s| s.len())
     }
 }
 
@@ -250,6 +281,7 @@ pub(crate) struct DecodeLaunch {
     decode_grid: (u32, u32, u32),
     combine_grid: (u32, u32, u32),
     dtype: DType,
+    kernel: DecodeKernel,
 }
 
 impl FlashMla {
@@ -280,18 +312,42 @@ impl FlashMla {
         let o_accum =
             unsafe { stream.alloc::<f32>(rows * HEAD_DIM_V) }.map_err(Error::cuda("cuMemAlloc"))?;
         let lse_accum = unsafe { stream.alloc::<f32>(rows) }.map_err(Error::cuda("cuMemAlloc"))?;
+        let tensor_map_slots = if self.inner.decode_sm90.is_some() {
+            let ctas = shape.num_m_blocks() * shape.num_heads_kv * metadata.num_sm_parts();
+            // cuMemAlloc returns 256-byte aligned memory: every 128-byte slot is 64-byte aligned.
+            Some(stream.alloc_zeros::<u8>(ctas * 128).map_err(Error::cuda("cuMemAlloc"))?)
+        } else {
+            None
+        };
         let addresses = PlanAddresses {
             tile_scheduler_metadata: metadata.tile_scheduler_metadata.device_ptr(stream).0,
             num_splits: metadata.num_splits.device_ptr(stream).0,
             o_accum: o_accum.device_ptr(stream).0,
             lse_accum: lse_accum.device_ptr(stream).0,
+            tensor_map_slots: tensor_map_slots
+                .as_ref()
+                .map_or(0, |s| s.device_ptr(stream).0),
         };
         Ok(DecodePlan {
             metadata,
             o_accum,
             lse_accum,
+            tensor_map_slots,
             addresses,
         })
+    }
+
+    /// The kernel `kernel` stands for on this handle: [`DecodeKernel::Auto`] resolves to
+    /// [`DecodeKernel::Hopper`] where the sm_90a module is loaded, else [`DecodeKernel::Portable`];
+    /// asking for the Hopper kernel where there is none is [`Error::KernelUnavailable`].
+    pub fn resolve_kernel(&self, kernel: DecodeKernel) -> Result<DecodeKernel> {
+        match (kernel, self.inner.decode_sm90.is_some()) {
+            (DecodeKernel::Portable, _) | (DecodeKernel::Auto, false) => Ok(DecodeKernel::Portable),
+            (DecodeKernel::Hopper | DecodeKernel::Auto, true) => Ok(DecodeKernel::Hopper),
+            (DecodeKernel::Hopper, false) => Err(Error::KernelUnavailable {
+                module: self.inner.ptx.name,
+            }),
+        }
     }
 
     fn check_decode_device(&self) -> Result<()> {
@@ -450,9 +506,13 @@ impl FlashMla {
     ) -> Result<()> {
         self.bind()?;
         let inner = &self.inner;
-        let (decode_fn, combine_fn) = match launch.dtype {
-            DType::Bf16 => (&inner.decode_bf16, &inner.combine_bf16),
-            DType::F16 => (&inner.decode_f16, &inner.combine_f16),
+        let hopper = match self.resolve_kernel(launch.kernel)? {
+            DecodeKernel::Hopper => inner.decode_sm90.as_ref(),
+            _ => None,
+        };
+        let combine_fn = match launch.dtype {
+            DType::Bf16 => &inner.combine_bf16,
+            DType::F16 => &inner.combine_f16,
         };
         // Only the sm_90a module waits with griddepcontrol; PDL lets each kernel's launch overlap the
         // previous kernel's tail.
@@ -462,6 +522,7 @@ impl FlashMla {
             num_splits,
             o_accum,
             lse_accum,
+            tensor_map_slots,
         } = plan.addresses;
         let decode = DecodeParams {
             o_accum,
@@ -476,16 +537,49 @@ impl FlashMla {
             num_splits,
             ..launch.combine
         };
-        let decode_config = LaunchConfig {
-            grid: launch.decode_grid,
-            block: (DECODE_THREADS, 1, 1),
-            dynamic_smem_bytes: smem::TOTAL as u32,
-            programmatic_serialization: pdl,
-        };
         let combine_config = LaunchConfig {
             grid: launch.combine_grid,
             block: (COMBINE_THREADS, 1, 1),
             dynamic_smem_bytes: 0,
+            programmatic_serialization: pdl,
+        };
+        if let Some((bf16_fn, f16_fn)) = hopper {
+            if tensor_map_slots == 0 {
+                // A plan made by a handle without the Hopper kernels (e.g. the sm_80 module forced).
+                return Err(Error::KernelUnavailable {
+                    module: inner.ptx.name,
+                });
+            }
+            let params = Sm90DecodeParams {
+                common: decode,
+                k_tensor_map: encode_kv_tensor_map(&decode, launch.dtype)?,
+                tensor_map_slots,
+            };
+            let decode_fn = match launch.dtype {
+                DType::Bf16 => bf16_fn,
+                DType::F16 => f16_fn,
+            };
+            let config = LaunchConfig {
+                grid: launch.decode_grid,
+                block: (SM90_THREADS, 1, 1),
+                dynamic_smem_bytes: sm90_smem::TOTAL as u32,
+                programmatic_serialization: pdl,
+            };
+            // SAFETY: the kernels take exactly these records; pointers validated by the caller and
+            // owned by the plan (one tensor-map slot per CTA of this grid).
+            return unsafe {
+                launch::launch(decode_fn.cu_function(), stream, &config, &params)?;
+                launch::launch(combine_fn.cu_function(), stream, &combine_config, &combine)
+            };
+        }
+        let decode_fn = match launch.dtype {
+            DType::Bf16 => &inner.decode_bf16,
+            DType::F16 => &inner.decode_f16,
+        };
+        let decode_config = LaunchConfig {
+            grid: launch.decode_grid,
+            block: (DECODE_THREADS, 1, 1),
+            dynamic_smem_bytes: smem::TOTAL as u32,
             programmatic_serialization: pdl,
         };
         // SAFETY: kernels take exactly these records; pointers validated by the caller and owned by plan.
@@ -494,6 +588,70 @@ impl FlashMla {
             launch::launch(combine_fn.cu_function(), stream, &combine_config, &combine)
         }
     }
+}
+
+/// Encodes the KV cache as the Hopper kernel's TMA tensor map: a 4-D tensor (576 columns, 64 tokens,
+/// h_kv, num_blocks) of 16-bit elements with the validated strides, read in 64 × 64 boxes with the
+/// 128-byte swizzle; coordinates outside it (page ids outside the cache) read as zeros, like
+/// FlashMLA's. A pure host call (no device work), so it is made per decode call.
+fn encode_kv_tensor_map(d: &DecodeParams, dtype: DType) -> Result<TensorMapBytes> {
+    use sys::{
+        CUtensorMapDataType as T, CUtensorMapFloatOOBfill as Fill, CUtensorMapInterleave as I,
+        CUtensorMapL2promotion as L2, CUtensorMapSwizzle as Sw,
+    };
+    let data_type = match dtype {
+        DType::Bf16 => T::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        DType::F16 => T::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+    };
+    let dims: [u64; 4] = [
+        HEAD_DIM_K as u64,
+        PAGE_BLOCK_SIZE as u64,
+        d.num_heads_kv as u64,
+        d.num_blocks as u64,
+    ];
+    // Byte strides of dims 1..4. A dimension of extent 1 is only ever indexed at 0, so its stride is
+    // irrelevant, but TMA wants a non-zero multiple of 16 below 2^40.
+    let stride = |elements: i64, extent: u64| -> Result<u64> {
+        let bytes = elements as u64 * 2;
+        match (bytes, extent) {
+            (0, 1) => Ok(16),
+            (b, _) if b > 0 && b < 1 << 40 && b % 16 == 0 => Ok(b),
+            _ => Err(Error::Overflow {
+                what: "k_cache stride for TMA (bytes, multiple of 16 below 2^40)",
+                value: bytes as u128,
+                limit: "2^40",
+            }),
+        }
+    };
+    let strides = [
+        stride(d.k_row_stride, dims[1])?,
+        stride(d.k_head_stride, dims[2])?,
+        stride(d.k_page_stride, dims[3])?,
+    ];
+    let box_dims: [u32; 4] = [TILE_COLS as u32, PAGE_BLOCK_SIZE as u32, 1, 1];
+    let element_strides = [1u32; 4];
+    let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+    // SAFETY: a pure encoding call writing 128 bytes into `map`; every array has the rank's length.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            data_type,
+            4,
+            d.k_cache as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            box_dims.as_ptr(),
+            element_strides.as_ptr(),
+            I::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            Sw::CU_TENSOR_MAP_SWIZZLE_128B,
+            L2::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            Fill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    }
+    .result()
+    .map_err(Error::cuda("cuTensorMapEncodeTiled"))?;
+    // SAFETY: initialised by the successful call (and zeroed before).
+    Ok(TensorMapBytes(unsafe { map.assume_init() }.opaque))
 }
 
 /// Every check of a decode call that needs no device: shapes against the plan, head dims, page size,
@@ -667,6 +825,7 @@ pub(crate) fn validate(
         ),
         combine_grid: (b as u32, combine_blocks as u32, 1),
         dtype: a.dtype,
+        kernel: a.options.kernel,
     })
 }
 
@@ -712,6 +871,7 @@ mod tests {
                 softmax_scale: None,
                 causal: true,
                 max_seqlen_k: Some(COLS * 64),
+                kernel: DecodeKernel::Auto,
             },
         }
     }

@@ -216,6 +216,13 @@ pub enum Error {
         /// Module name.
         module: &'static str,
     },
+    /// [`DecodeKernel::Hopper`](crate::DecodeKernel::Hopper) was asked for on a handle whose module
+    /// has no Hopper kernels (not a compute capability 9.0 device, or the sm_80 module was forced).
+    #[error("the Hopper decode kernel needs the sm_90a module on a compute capability 9.0 device; this handle runs the {module} module")]
+    KernelUnavailable {
+        /// Module name.
+        module: &'static str,
+    },
 }
 
 impl Error {

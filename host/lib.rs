@@ -45,6 +45,7 @@ mod tensor;
 pub mod testdata;
 
 pub use decode::{
+    DecodeKernel,
     DecodeArgs, DecodeOptions, DecodeOutputs, DecodePlan, OutputBuffers, RawDecodeArgs,
 };
 pub use error::{Error, Result};

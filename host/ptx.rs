@@ -84,6 +84,10 @@ pub mod kernel {
     pub const SPLITKV_DECODE_BF16: &str = "flashmla_splitkv_decode_bf16";
     /// `kernels/src/decode.rs`, fp16.
     pub const SPLITKV_DECODE_F16: &str = "flashmla_splitkv_decode_f16";
+    /// `kernels/src/decode_sm90.rs`, bf16 (sm_90a module only).
+    pub const SPLITKV_DECODE_SM90_BF16: &str = "flashmla_splitkv_decode_sm90_bf16";
+    /// `kernels/src/decode_sm90.rs`, fp16 (sm_90a module only).
+    pub const SPLITKV_DECODE_SM90_F16: &str = "flashmla_splitkv_decode_sm90_f16";
     /// `kernels/src/combine.rs`, bf16.
     pub const COMBINE_BF16: &str = "flashmla_combine_bf16";
     /// `kernels/src/combine.rs`, fp16.
@@ -92,7 +96,9 @@ pub mod kernel {
     pub const FILL_BF16: &str = "flashmla_fill_bf16";
     /// `kernels/src/fill.rs`, fp16 test data.
     pub const FILL_F16: &str = "flashmla_fill_f16";
-    /// Every kernel the host looks up.
+    /// Kernels only the sm_90a module has (wgmma, TMA).
+    pub const SM90A_ONLY: &[&str] = &[SPLITKV_DECODE_SM90_BF16, SPLITKV_DECODE_SM90_F16];
+    /// Every kernel the host looks up in every module.
     pub const ALL: &[&str] = &[
         GET_DECODING_SCHED_META,
         SPLITKV_DECODE_BF16,
@@ -119,6 +125,15 @@ mod tests {
                     m.name,
                     m.kernel_names().collect::<Vec<_>>()
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_sm90a_module_has_the_hopper_kernels() {
+        for m in MODULES {
+            for k in kernel::SM90A_ONLY {
+                assert_eq!(m.has_kernel(k), m.arch == PtxArch::Sm90a, "{} / {k}", m.name);
             }
         }
     }

@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     pub sched_meta: CudaFunction,
     pub decode_bf16: CudaFunction,
     pub decode_f16: CudaFunction,
+    /// The Hopper decode kernels (sm_90a module only).
+    pub decode_sm90: Option<(CudaFunction, CudaFunction)>,
     pub combine_bf16: CudaFunction,
     pub combine_f16: CudaFunction,
     pub fill_bf16: CudaFunction,
@@ -214,8 +216,25 @@ impl FlashMla {
                 .map_err(Error::cuda("cuFuncSetAttribute"))?;
             }
         }
+        let decode_sm90 = if arch == PtxArch::Sm90a {
+            let pair = (
+                function(k::SPLITKV_DECODE_SM90_BF16)?,
+                function(k::SPLITKV_DECODE_SM90_F16)?,
+            );
+            for f in [&pair.0, &pair.1] {
+                f.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    flashmla_abi::sm90_smem::TOTAL as i32,
+                )
+                .map_err(Error::cuda("cuFuncSetAttribute"))?;
+            }
+            Some(pair)
+        } else {
+            None
+        };
         Ok(Inner {
             ctx: ctx.clone(),
+            decode_sm90,
             module: module.clone(),
             ptx,
             sched_meta: function(k::GET_DECODING_SCHED_META)?,

@@ -8,7 +8,7 @@
 //! * q and k are uniform in `[-a, a]`, rounded to the dtype; `a = √3/10` gives FlashMLA's standard
 //!   deviation of 0.1 (`randn/10`); larger `a` gives sharp softmaxes.
 
-use crate::decode::{DecodeArgs, DecodeOptions, DecodePlan, OutputBuffers};
+use crate::decode::{DecodeArgs, DecodeKernel, DecodeOptions, DecodePlan, OutputBuffers};
 use crate::launch::{self, LaunchConfig};
 use crate::reference::{attend_row, attended_keys};
 use crate::rng::SplitMix64;
@@ -44,6 +44,8 @@ pub struct CaseSpec {
     pub softmax_scale: Option<f32>,
     /// Seed of everything random in the case.
     pub seed: u64,
+    /// The split-KV kernel to run.
+    pub kernel: DecodeKernel,
 }
 
 impl CaseSpec {
@@ -66,6 +68,7 @@ impl CaseSpec {
             amplitude: FLASHMLA_AMPLITUDE,
             softmax_scale: None,
             seed,
+            kernel: DecodeKernel::Auto,
         }
     }
 
@@ -86,7 +89,7 @@ impl CaseSpec {
     pub fn label(&self) -> String {
         let s = &self.shape;
         format!(
-            "b={} s_q={} h_q={} h_kv={} s_k={}{}{}{} {} a={:.2}",
+            "b={} s_q={} h_q={} h_kv={} s_k={}{}{}{} {} a={:.2}{}",
             s.batch_size,
             s.seqlen_q,
             s.num_heads_q,
@@ -96,7 +99,12 @@ impl CaseSpec {
             if self.zero_lengths { " zeros" } else { "" },
             if self.causal { " causal" } else { "" },
             self.dtype,
-            self.amplitude
+            self.amplitude,
+            match self.kernel {
+                DecodeKernel::Auto => "",
+                DecodeKernel::Hopper => " hopper",
+                DecodeKernel::Portable => " portable",
+            }
         )
     }
 }
@@ -264,6 +272,7 @@ impl<T: Element> DeviceCase<T> {
             softmax_scale: self.layout.spec.softmax_scale,
             causal: self.layout.spec.causal,
             max_seqlen_k: self.layout.seqlens.iter().map(|&s| s as usize).max(),
+            kernel: self.layout.spec.kernel,
         }
     }
 }

@@ -9,7 +9,7 @@ use flashmla::ptx::PtxArch;
 use flashmla::testdata::{
     corner_cases, flashmla_sweep, head_grid_sample, run_case, DEFAULT_ROW_BUDGET,
 };
-use flashmla::{DType, Error, FlashMla, Result};
+use flashmla::{DType, DecodeKernel, Error, FlashMla, Result};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -26,6 +26,9 @@ struct Cli {
     /// PTX module: the best for the device (default), or `sm80` for the portable kernels.
     #[arg(long, global = true, value_enum)]
     module: Option<Module>,
+    /// Split-KV kernel: the best for the device (auto), the Hopper wgmma/TMA one, or the portable one.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    kernel: Kernel,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,6 +37,23 @@ struct Cli {
 enum Module {
     Sm90a,
     Sm80,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kernel {
+    Auto,
+    Hopper,
+    Portable,
+}
+
+impl From<Kernel> for DecodeKernel {
+    fn from(k: Kernel) -> Self {
+        match k {
+            Kernel::Auto => DecodeKernel::Auto,
+            Kernel::Hopper => DecodeKernel::Hopper,
+            Kernel::Portable => DecodeKernel::Portable,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -241,6 +261,7 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         DType::Bf16
     };
     let mut bencher = Bencher::new(&fm, &stream, a.iters)?;
+    bencher.kernel = cli.kernel.into();
     eprint!("measuring ceilings (2 GiB copy, cuBLAS bf16 8192³)... ");
     let ceilings = bencher.ceilings()?;
     eprintln!("done");
@@ -263,10 +284,11 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     let d = fm.device_info();
     let matmul = ceilings.matmul_tflops;
     println!(
-        "{} ({}), module {}, {}; ceilings in this run: copy {:.0} GB/s, bf16 matmul {}",
+        "{} ({}), module {}, kernel {}, {}; ceilings in this run: copy {:.0} GB/s, bf16 matmul {}",
         d.name,
         d.sm_count,
         fm.ptx_module().name,
+        fm.resolve_kernel(cli.kernel.into())?,
         dtype,
         ceilings.copy_gbps,
         matmul.map_or(format!("n/a ({})", ceilings.matmul_note), |t| format!(
@@ -398,6 +420,9 @@ fn check(cli: &Cli, a: &CheckArgs) -> Result<ExitCode> {
     if matches!(a.suite.as_str(), "corner" | "all") {
         cases.extend(corner_cases(seed));
     }
+    for c in &mut cases {
+        c.kernel = cli.kernel.into();
+    }
     if cases.is_empty() {
         eprintln!(
             "flashmla check: unknown suite {:?} (flashmla, head, corner, all)",
@@ -406,10 +431,11 @@ fn check(cli: &Cli, a: &CheckArgs) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     println!(
-        "{} cases on {} ({}), seed {seed}",
+        "{} cases on {} ({}, kernel {}), seed {seed}",
         cases.len(),
         fm.device_info().name,
-        fm.ptx_module().name
+        fm.ptx_module().name,
+        fm.resolve_kernel(cli.kernel.into())?
     );
     let (mut passed, mut failed) = (0, 0);
     for (i, spec) in cases.iter().enumerate() {

@@ -10,6 +10,8 @@ use core::arch::nvptx;
 unsafe extern "C" {
     #[link_name = "llvm.nvvm.shfl.sync.bfly.i32"]
     fn llvm_shfl_sync_bfly_i32(mask: u32, value: i32, lane_mask: i32, clamp: i32) -> i32;
+    #[link_name = "llvm.nvvm.shfl.sync.idx.i32"]
+    fn llvm_shfl_sync_idx_i32(mask: u32, value: i32, lane: i32, clamp: i32) -> i32;
     #[link_name = "llvm.nvvm.bar.warp.sync"]
     fn llvm_bar_warp_sync(mask: u32);
 }
@@ -94,6 +96,19 @@ pub unsafe fn sync_warp() {
 pub unsafe fn shfl_xor_i32(value: i32, lane_mask: u32) -> i32 {
     // SAFETY: the caller guarantees warp-wide convergence; clamp 0x1f = whole warp.
     unsafe { llvm_shfl_sync_bfly_i32(FULL_WARP, value, lane_mask as i32, 0x1f) }
+}
+
+/// `shfl.sync.idx.b32` over the full warp: lane 0's `value` in every lane. Besides broadcasting, it
+/// tells `ptxas` the result is warp-uniform (CUTLASS's `canonical_warp_group_idx`): without it, `ptxas`
+/// treats branches on a thread-index-derived warpgroup number as divergent and serialises the
+/// `wgmma`s inside them.
+///
+/// # Safety
+/// Every lane of the warp must reach it.
+#[inline(always)]
+pub unsafe fn warp_broadcast_lane0(value: u32) -> u32 {
+    // SAFETY: the caller guarantees warp-wide convergence.
+    unsafe { llvm_shfl_sync_idx_i32(FULL_WARP, value as i32, 0, 0x1f) as u32 }
 }
 
 /// Butterfly sum of an `i64` over the 32 lanes of a warp (two 32-bit shuffles per step).

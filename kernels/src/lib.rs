@@ -12,10 +12,16 @@
 pub mod arch;
 pub mod combine;
 pub mod decode;
+#[cfg(flashmla_arch = "sm90a")]
+pub mod decode_sm90;
 pub mod fill;
+#[cfg(flashmla_arch = "sm90a")]
+pub mod hopper;
 pub mod sched_meta;
 
 use flashmla_abi::{CombineParams, DecodeParams, FillParams};
+#[cfg(flashmla_arch = "sm90a")]
+use flashmla_abi::Sm90DecodeParams;
 
 /// bf16 split-KV decode. See [`decode::splitkv_decode`].
 ///
@@ -35,6 +41,28 @@ pub unsafe extern "ptx-kernel" fn flashmla_splitkv_decode_bf16(params: DecodePar
 pub unsafe extern "ptx-kernel" fn flashmla_splitkv_decode_f16(params: DecodeParams) {
     // SAFETY: forwarded.
     unsafe { decode::splitkv_decode::<arch::F16>(&params) }
+}
+
+/// bf16 split-KV decode on Hopper (sm_90a module only). See [`decode_sm90::splitkv_decode_sm90`].
+///
+/// # Safety
+/// As [`decode_sm90::splitkv_decode_sm90`].
+#[cfg(flashmla_arch = "sm90a")]
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn flashmla_splitkv_decode_sm90_bf16(params: Sm90DecodeParams) {
+    // SAFETY: forwarded.
+    unsafe { decode_sm90::splitkv_decode_sm90::<arch::Bf16>(&params) }
+}
+
+/// fp16 split-KV decode on Hopper (sm_90a module only). See [`decode_sm90::splitkv_decode_sm90`].
+///
+/// # Safety
+/// As [`decode_sm90::splitkv_decode_sm90`].
+#[cfg(flashmla_arch = "sm90a")]
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn flashmla_splitkv_decode_sm90_f16(params: Sm90DecodeParams) {
+    // SAFETY: forwarded.
+    unsafe { decode_sm90::splitkv_decode_sm90::<arch::F16>(&params) }
 }
 
 /// bf16 combine. See [`combine::combine`].

@@ -10,11 +10,13 @@
 pub mod decode_config;
 pub mod params;
 pub mod sched;
+pub mod sm90_config;
 pub mod testdata;
 
 pub use decode_config::*;
 pub use params::*;
 pub use sched::*;
+pub use sm90_config::*;
 pub use testdata::*;
 
 /// Width of one query/key row of MLA: 512 latent (NoPE) columns plus 64 RoPE columns.

@@ -166,6 +166,36 @@ pub struct DecodeParams {
 // SAFETY: repr(C), integers and floats only.
 unsafe impl DeviceRecord for DecodeParams {}
 
+/// A CUDA tensor map (`CUtensorMap`): 128 opaque bytes encoded on the host by
+/// `cuTensorMapEncodeTiled`, describing how TMA reads the KV cache.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TensorMapBytes(pub [u64; 16]);
+
+// SAFETY: repr(C), integers only.
+unsafe impl DeviceRecord for TensorMapBytes {}
+
+/// Parameters of the Hopper split-KV decode kernels: the common record plus the KV cache's tensor map.
+///
+/// A tensor map must live in global, constant or kernel-parameter memory when TMA reads it, and Rust
+/// cannot keep a by-value parameter in parameter space once its address is taken (it is copied to
+/// local memory). So the map travels by value here and each CTA copies it to its own 128-byte slot of
+/// `tensor_map_slots` (global memory, owned by the plan) before its first TMA.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sm90DecodeParams {
+    /// Everything the portable kernel takes.
+    pub common: DecodeParams,
+    /// `k_cache` as a 4-D tensor `(576 columns, 64 tokens, h_kv, num_blocks)`, box 64 × 64, 128-byte
+    /// swizzle, zero fill outside the cache.
+    pub k_tensor_map: TensorMapBytes,
+    /// Device address of `grid size × 128` bytes, 64-byte aligned: one tensor-map slot per CTA.
+    pub tensor_map_slots: u64,
+}
+
+// SAFETY: repr(C) over DeviceRecords and integers.
+unsafe impl DeviceRecord for Sm90DecodeParams {}
+
 /// Parameters of the combine kernels (FlashMLA `CombineParams`): merge the split partials of every split
 /// request into `out` and `lse`. Same folding as [`DecodeParams`].
 #[repr(C)]

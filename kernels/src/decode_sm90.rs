@@ -1,0 +1,489 @@
+//! The Hopper split-KV decode kernel: KV pages by TMA onto mbarriers, `Q·Kᵀ` and `P·V` by `wgmma`,
+//! two warpgroups that split the output columns. Selected on sm_90 devices; the portable kernel
+//! (`decode.rs`) stays the oracle.
+//!
+//! Ports FlashMLA's dense sm90 kernel (`csrc/sm90/decode/dense/splitkv_mla.cuh`,
+//! `flash_fwd_splitkv_mla_kernel`, HEAD 9241ae3; v1 9edee0c `csrc/kernels/splitkv_mla.cu`):
+//! - 64 query rows (heads folded into M) per CTA; 64-token pages loaded as nine 64 × 64 tiles with the
+//!   128-byte swizzle, one mbarrier per tile (`launch_kv_tiles_copy_tma`), so `Q·Kᵀ` starts on a tile
+//!   as soon as it lands;
+//! - `S = Q·Kᵀ` as `wgmma.m64n64k16` from shared memory; `O += P·V` as `wgmma.m64n256k16` with V read
+//!   from the K tiles through an MN-major descriptor (FlashMLA's `SmemLayoutV`, no copy);
+//! - the online softmax in base 2 with the scale premultiplied by log2(e) (`scale_softmax_log2`), P
+//!   rounded to the input dtype, out-of-range V rows zeroed in shared memory (`fill_oob_V`), the
+//!   bottom-right causal border (`get_mask_len`), the split/unsplit epilogue (`store_o`) and PDL.
+//!
+//! The warpgroup schedule is simpler than FlashMLA's "seesaw": warpgroup 0 computes `S`, the softmax
+//! and its half `O_L += P·V_L` (P from registers); it hands P (bf16, swizzled) and the row rescale
+//! factors to warpgroup 1 through shared memory, which computes `O_R = O_R·α + P·V_R`. Warpgroup 1's
+//! `wgmma`s keep the tensor cores busy while warpgroup 0 does its softmax. The tiles of a page are
+//! refilled with the page two blocks ahead by the warpgroup that reads them last: tile 8 (RoPE) right
+//! after `Q·Kᵀ`, tiles 0..4 after `P·V_L`, tiles 4..8 after `P·V_R`.
+
+use crate::arch;
+use crate::hopper::{self as hw, WgmmaElement};
+use crate::unroll;
+use flashmla_abi::{
+    part_range, sched_num_blocks, sm90_smem as smem, DecodingSchedMeta, Sm90DecodeParams, BLOCK_SIZE_M, HEAD_DIM_K,
+    HEAD_DIM_V, K_TILES, PAGE_BLOCK_SIZE, SM90_THREADS, TILE_BYTES, TILE_COLS, V_TILES_PER_WARPGROUP,
+    WARPGROUP_THREADS,
+};
+
+const CTA: u32 = SM90_THREADS;
+const WG: u32 = WARPGROUP_THREADS;
+/// log(2): converts base-2 lse to natural log.
+const LN_2: f32 = core::f32::consts::LN_2;
+/// 16-byte chunks of a 576-wide Q row.
+const Q_ROW_CHUNKS: usize = HEAD_DIM_K * 2 / 16;
+
+// Named barriers (0 is `__syncthreads`).
+/// Warpgroup 0 → 1: P and the row scales of the current block are in shared memory.
+const BAR_P_READY: u32 = 1;
+/// Warpgroup 1 → 0: warpgroup 1 has consumed them.
+const BAR_P_FREE: u32 = 2;
+/// Warpgroup 0 → 1: the request's row sums are in shared memory.
+const BAR_ROW_SUM: u32 = 3;
+/// Inside warpgroup 0 / 1: out-of-range V rows have been zeroed.
+const BAR_WG_ZEROED: [u32; 2] = [4, 5];
+
+const _: () = assert!(TILE_COLS == 64 && K_TILES == 9 && V_TILES_PER_WARPGROUP == 4 && HEAD_DIM_V == 512);
+const _: () = assert!(PAGE_BLOCK_SIZE == 64 && BLOCK_SIZE_M == 64 && Q_ROW_CHUNKS == 72);
+
+/// Alignment of the dynamic shared memory: the 128-byte swizzle repeats every 1024 bytes.
+#[repr(C, align(1024))]
+struct SmemBase([u8; 1024]);
+
+/// Descriptor of a K-major 64-row operand tile with the 128-byte swizzle: 8-row groups are 1024 bytes
+/// apart; the leading offset is unused for swizzled K-major layouts (1 by convention).
+#[inline(always)]
+fn k_major_desc(addr: u32) -> u64 {
+    hw::sw128_desc(addr, 16, 1024)
+}
+
+/// Descriptor of V, i.e. K tiles read transposed (MN-major): 64-column groups are one tile (8192 bytes)
+/// apart, 8-token groups 1024 bytes apart.
+#[inline(always)]
+fn v_desc(addr: u32) -> u64 {
+    hw::sw128_desc(addr, TILE_BYTES as u32, 1024)
+}
+
+/// Byte offset of 16-byte chunk `chunk` of row `row` in a 64-row × 128-byte tile with the 128-byte
+/// swizzle (chunk index XOR row mod 8; what TMA writes and wgmma reads).
+#[inline(always)]
+fn sw128_offset(row: usize, chunk: usize) -> usize {
+    row * 128 + ((chunk ^ (row % 8)) * 16)
+}
+
+/// Decodes one CTA's share of the batch on Hopper.
+///
+/// # Safety
+/// Launched with `SM90_THREADS` threads, `sm90_smem::TOTAL` bytes of dynamic shared memory and grid
+/// `(ceil(q_seq_per_hk / 64), h_kv, num_sm_parts)` on an sm_90 device; `params.common` describes valid
+/// device buffers (validated by the host) and a schedule computed for this batch; `k_tensor_map`
+/// describes `k_cache`; `tensor_map_slots` has 128 bytes per CTA.
+#[inline(always)]
+pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
+    let p = &params.common;
+    let tid = arch::thread_idx_x();
+    // SAFETY: every lane reaches it.
+    let wg = unsafe { arch::warp_broadcast_lane0(tid / WG) } as usize;
+    let wtid = (tid % WG) as usize;
+    let lane = wtid % 32;
+    let group = lane / 4;
+    let tig = lane % 4;
+    // The thread's two accumulator rows are row0 and row0 + 8.
+    let row0 = (wtid / 32) * 16 + group;
+    let m_block = arch::block_idx_x() as usize;
+    let kv_head = arch::block_idx_y() as usize;
+    let part = arch::block_idx_z() as usize;
+
+    let smem_ptr = arch::dynamic_smem::<SmemBase>() as *mut u8;
+    let base = arch::smem_addr(smem_ptr);
+    let q_addr = base + smem::Q as u32;
+    let p_addr = base + smem::P as u32;
+    let kv_addr = |buf: usize| base + (smem::KV + buf * smem::KV_BUFFER) as u32;
+    let bar = |buf: usize, tile: usize| base + (smem::BARRIERS + (buf * K_TILES + tile) * 8) as u32;
+    // SAFETY: offsets from the shared plan, inside sm90_smem::TOTAL bytes.
+    let (s_scale, s_sum) =
+        unsafe { (smem_ptr.add(smem::ROW_SCALE) as *mut f32, smem_ptr.add(smem::ROW_SUM) as *mut f32) };
+
+    let rows = p.q_seq_per_hk as u32;
+    let m_blocks = rows.div_ceil(BLOCK_SIZE_M as u32) as usize;
+    let cta_linear = m_block + m_blocks * (kv_head + p.num_heads_kv as usize * part);
+    let tensor_map = params.tensor_map_slots + cta_linear as u64 * 128;
+    if tid == 0 {
+        for i in 0..2 * K_TILES {
+            // SAFETY: inside the barrier array; nobody waits before the CTA barrier below.
+            unsafe { hw::mbarrier_init(base + (smem::BARRIERS + i * 8) as u32, 1) };
+        }
+        hw::fence_mbarrier_init();
+        // SAFETY: this CTA's own slot; no TMA has been issued yet.
+        unsafe { hw::publish_tensor_map(tensor_map, &params.k_tensor_map.0) };
+    }
+    // SAFETY: every thread reaches it.
+    unsafe { arch::sync_threads() };
+    if tid == WG {
+        // SAFETY: published by thread 0 before the barrier.
+        unsafe { hw::acquire_tensor_map(tensor_map) };
+    }
+
+    // The schedule and the lengths may come from the kernel just before this one (PDL).
+    arch::grid_dependency_wait();
+    // SAFETY: part < num_sm_parts (grid z).
+    let meta: DecodingSchedMeta = unsafe { *(p.tile_scheduler_metadata as *const DecodingSchedMeta).add(part) };
+    if meta.begin_req_idx >= p.batch_size {
+        return;
+    }
+
+    let hpk = p.heads_per_kv as u32;
+    let row_base = (m_block * BLOCK_SIZE_M) as u32;
+    let valid_rows = if rows > row_base { (rows - row_base).min(BLOCK_SIZE_M as u32) as usize } else { 0 };
+    let seqlens = p.seqlens_k as *const i32;
+    let num_splits = p.num_splits as *const i32;
+    // Completed fills of each KV buffer before the current request: the parity of its mbarriers' phase.
+    // (Two scalars, not an array: a run-time index would put it in local memory.)
+    let (mut fills0, mut fills1) = (0u32, 0u32);
+
+    for req in meta.begin_req_idx..=meta.end_req_idx {
+        let b = req as usize;
+        // SAFETY: req < batch_size (the schedule covers exactly the batch).
+        let seqlen = unsafe { *seqlens.add(b) }.max(0);
+        // Tokens past the block table are never read.
+        let seqlen = seqlen.min(p.max_blocks_per_seq.saturating_mul(PAGE_BLOCK_SIZE as i32));
+        let (start_blk, end_blk, split_idx, is_split) = part_range(&meta, req, sched_num_blocks(seqlen));
+        let tok_begin = start_blk * PAGE_BLOCK_SIZE as i32;
+        let mut tok_end = (end_blk * PAGE_BLOCK_SIZE as i32).min(seqlen);
+        // Bottom-right causal border of a row: keys j < seqlen − (s_q − 1 − t) (FlashMLA get_mask_len).
+        let limit = |local_row: usize| -> i32 {
+            let r = row_base + local_row as u32;
+            if p.is_causal != 0 && r < rows {
+                seqlen - (p.seqlen_q - 1 - (r / hpk) as i32)
+            } else {
+                seqlen
+            }
+        };
+        if valid_rows > 0 {
+            tok_end = tok_end.min(limit(valid_rows - 1));
+        }
+        let n_blocks = if tok_end > tok_begin { ((tok_end - tok_begin) as usize).div_ceil(PAGE_BLOCK_SIZE) } else { 0 };
+        let row_limit = [limit(row0), limit(row0 + 8)];
+
+        // Page of block j; j < n_blocks, so its column is inside the block table. Ids outside the cache
+        // are left to TMA, which reads them as zeros.
+        let page_of_block = |j: usize| -> i32 {
+            // SAFETY: b < batch_size, start_blk + j < ceil(tok_end / 64) <= max_blocks_per_seq.
+            unsafe { *(p.block_table as *const i32).offset(b as isize * p.block_table_stride as isize + start_blk as isize + j as isize) }
+        };
+        let load_tile = |buf: usize, tile: usize, page: i32| {
+            let bar = bar(buf, tile);
+            // SAFETY: the buffer's tile is free (its last reader has waited on its wgmma); the tensor map
+            // was acquired by this thread (thread 0 or WG).
+            unsafe {
+                hw::mbarrier_arrive_expect_tx(bar, TILE_BYTES as u32);
+                hw::tma_load_4d(
+                    kv_addr(buf) + (tile * TILE_BYTES) as u32,
+                    tensor_map,
+                    bar,
+                    [(tile * TILE_COLS) as i32, 0, kv_head as i32, page],
+                );
+            }
+        };
+
+        // ---- prologue: the first two pages by TMA, Q by cp.async ----------------------------------------
+        if tid == 0 {
+            for j in 0..n_blocks.min(2) {
+                let page = page_of_block(j);
+                for tile in 0..K_TILES {
+                    load_tile(j, tile, page);
+                }
+            }
+        }
+        let q_base = p.q as *const u16;
+        let mut row = (tid / 32) as usize;
+        while row < BLOCK_SIZE_M {
+            let r = row_base + row as u32;
+            let (src, bytes) = if r < rows {
+                let head = kv_head as u32 * hpk + r % hpk;
+                // SAFETY: a valid row of q (validated strides).
+                let src = unsafe {
+                    q_base.offset(
+                        b as isize * p.q_batch_stride as isize
+                            + (r / hpk) as isize * p.q_seq_stride as isize
+                            + head as isize * p.q_head_stride as isize,
+                    )
+                };
+                (src, 16)
+            } else {
+                (q_base, 0)
+            };
+            let mut chunk = lane;
+            while chunk < Q_ROW_CHUNKS {
+                let dst = q_addr + ((chunk / 8) * TILE_BYTES + sw128_offset(row, chunk % 8)) as u32;
+                // SAFETY: inside the Q tiles; 16 bytes of the row (or a zero fill reading nothing).
+                unsafe {
+                    let from = if bytes == 0 { src } else { src.add(chunk * 8) };
+                    arch::cp_async_16(dst, from as *const u8, bytes)
+                };
+                chunk += 32;
+            }
+            row += (CTA / 32) as usize;
+        }
+        arch::cp_async_commit();
+        arch::cp_async_wait::<0>();
+        // Q was written by the generic proxy; the wgmmas read it through the async proxy.
+        hw::fence_proxy_async_shared();
+        // SAFETY: every thread reaches it.
+        unsafe { arch::sync_threads() };
+
+        let mut acc_o = [0.0f32; 128];
+        let mut row_max = [f32::NEG_INFINITY; 2];
+        let mut row_sum = [0.0f32; 2];
+        // Zeroes the V rows of the last block past tok_end in this warpgroup's four V tiles: they may hold
+        // NaN (unused cache slots), and P = 0 times NaN is NaN (FlashMLA fill_oob_V).
+        let zero_oob_v_rows = |buf: usize, blk_tok: i32| {
+            let valid = (tok_end - blk_tok) as usize;
+            let first_tile = wg * V_TILES_PER_WARPGROUP;
+            let mut idx = wtid;
+            while idx < (PAGE_BLOCK_SIZE - valid) * 32 {
+                let row = valid + idx / 32;
+                let tile = first_tile + (idx % 32) / 8;
+                let off = smem::KV + buf * smem::KV_BUFFER + tile * TILE_BYTES + row * 128 + (idx % 8) * 16;
+                // SAFETY: inside the KV buffer; a whole 128-byte row is cleared, whatever its swizzle.
+                unsafe { *(smem_ptr.add(off) as *mut [u32; 4]) = [0; 4] };
+                idx += WG as usize;
+            }
+            hw::fence_proxy_async_shared();
+            // SAFETY: the whole warpgroup reaches it (warpgroup-uniform condition).
+            unsafe { hw::named_barrier_sync(BAR_WG_ZEROED[wg], WG) };
+        };
+
+        if wg == 0 {
+            // ---- warpgroup 0: S = Q·Kᵀ, softmax, O_L = O_L·α + P·V_L --------------------------------------
+            for j in 0..n_blocks {
+                let buf = j % 2;
+                let parity = (if buf == 0 { fills0 } else { fills1 } + (j / 2) as u32) & 1;
+                let refill = j + 2 < n_blocks;
+                // Read early: the table lookup's latency hides behind Q·Kᵀ.
+                let refill_page = if tid == 0 && refill { page_of_block(j + 2) } else { 0 };
+
+                let mut acc_s = [0.0f32; 32];
+                // SAFETY: warpgroup-uniform; descriptors address the Q tiles and the landed K tiles.
+                unsafe {
+                    unroll!(T in [0, 1, 2, 3, 4, 5, 6, 7, 8] {
+                        hw::mbarrier_wait(bar(buf, T), parity);
+                        hw::wgmma_fence_32(&mut acc_s);
+                        unroll!(KS in [0, 1, 2, 3] {
+                            let a = k_major_desc(q_addr + (T * TILE_BYTES + KS * 32) as u32);
+                            let k = k_major_desc(kv_addr(buf) + (T * TILE_BYTES + KS * 32) as u32);
+                            E::wgmma_m64n64k16_ss(&mut acc_s, a, k, (T + KS > 0) as u32);
+                        });
+                    });
+                    hw::wgmma_commit();
+                    hw::wgmma_wait_32(&mut acc_s);
+                }
+                // Tile 8 (RoPE) has no other reader.
+                if tid == 0 && refill {
+                    load_tile(buf, K_TILES - 1, refill_page);
+                }
+
+                // Scale to base 2, mask, row maxima (each row lives in the 4 lanes of a quad).
+                let blk_tok = tok_begin + (j * PAGE_BLOCK_SIZE) as i32;
+                let mut part_max = [f32::NEG_INFINITY; 2];
+                unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
+                    let h = (I / 2) % 2;
+                    let tok = blk_tok + (8 * (I / 4) + 2 * tig + I % 2) as i32;
+                    let s = if tok < tok_end && tok < row_limit[h] { acc_s[I] * p.scale_log2 } else { f32::NEG_INFINITY };
+                    acc_s[I] = s;
+                    part_max[h] = part_max[h].max(s);
+                });
+                let mut alpha = [0.0f32; 2];
+                let mut m_ref = [0.0f32; 2];
+                for h in 0..2 {
+                    // SAFETY: all lanes reach the shuffles.
+                    unsafe {
+                        part_max[h] = part_max[h].max(arch::shfl_xor_f32(part_max[h], 1));
+                        part_max[h] = part_max[h].max(arch::shfl_xor_f32(part_max[h], 2));
+                    }
+                    let new_max = row_max[h].max(part_max[h]);
+                    // A row with no key so far keeps max −inf; use 0 as its reference so no inf − inf appears.
+                    m_ref[h] = if new_max == f32::NEG_INFINITY { 0.0 } else { new_max };
+                    alpha[h] = arch::exp2(row_max[h] - m_ref[h]);
+                    row_max[h] = new_max;
+                    row_sum[h] *= alpha[h];
+                }
+                // P in the input dtype, packed in pairs: pair I = accumulators 2I, 2I + 1 (row + 8 when I is
+                // odd), which is also wgmma's register-A layout (k-step s takes pairs 4s..4s+4).
+                let mut pa = [0u32; 16];
+                unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+                    let p0 = arch::exp2(acc_s[2 * I] - m_ref[I % 2]);
+                    let p1 = arch::exp2(acc_s[2 * I + 1] - m_ref[I % 2]);
+                    row_sum[I % 2] += p0 + p1;
+                    pa[I] = E::pack(p0, p1);
+                });
+
+                // Hand P and α to warpgroup 1 once it has consumed the previous block's.
+                if j > 0 {
+                    // SAFETY: warpgroup 1 arrives once per block but the last.
+                    unsafe { hw::named_barrier_sync(BAR_P_FREE, CTA) };
+                }
+                unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+                    let off = smem::P + sw128_offset(row0 + 8 * (I % 2), I / 2) + 4 * tig;
+                    // SAFETY: inside the P tile; 4-byte aligned.
+                    unsafe { *(smem_ptr.add(off) as *mut u32) = pa[I] };
+                });
+                if tig == 0 {
+                    // SAFETY: inside the row-scale array.
+                    unsafe {
+                        *s_scale.add(row0) = alpha[0];
+                        *s_scale.add(row0 + 8) = alpha[1];
+                    }
+                }
+                hw::fence_proxy_async_shared();
+                // SAFETY: warpgroup 1 waits on it once per block.
+                unsafe { hw::named_barrier_arrive(BAR_P_READY, CTA) };
+
+                if j + 1 == n_blocks && tok_end - blk_tok < PAGE_BLOCK_SIZE as i32 {
+                    zero_oob_v_rows(buf, blk_tok);
+                }
+                unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
+                    unroll!(E_ in [0, 1, 2, 3] {
+                        acc_o[4 * I + E_] *= alpha[E_ / 2];
+                    });
+                });
+                // SAFETY: warpgroup-uniform; V = K tiles 0..4 of the landed page.
+                unsafe {
+                    hw::wgmma_fence_128(&mut acc_o);
+                    unroll!(KS in [0, 1, 2, 3] {
+                        let v = v_desc(kv_addr(buf) + (KS * 16 * 128) as u32);
+                        E::wgmma_m64n256k16_rs_tb(&mut acc_o, [pa[4 * KS], pa[4 * KS + 1], pa[4 * KS + 2], pa[4 * KS + 3]], v);
+                    });
+                    hw::wgmma_commit();
+                    hw::wgmma_wait_128(&mut acc_o);
+                }
+                if tid == 0 && refill {
+                    for tile in 0..V_TILES_PER_WARPGROUP {
+                        load_tile(buf, tile, refill_page);
+                    }
+                }
+            }
+            // Full row sums (the quad's four lanes) for the epilogue of both warpgroups.
+            for h in 0..2 {
+                // SAFETY: all lanes reach the shuffles.
+                unsafe {
+                    row_sum[h] += arch::shfl_xor_f32(row_sum[h], 1);
+                    row_sum[h] += arch::shfl_xor_f32(row_sum[h], 2);
+                }
+            }
+            if tig == 0 {
+                // SAFETY: inside the row-sum array.
+                unsafe {
+                    *s_sum.add(row0) = row_sum[0];
+                    *s_sum.add(row0 + 8) = row_sum[1];
+                }
+            }
+            // SAFETY: warpgroup 1 waits on it once per request.
+            unsafe { hw::named_barrier_arrive(BAR_ROW_SUM, CTA) };
+        } else {
+            // ---- warpgroup 1: O_R = O_R·α + P·V_R -------------------------------------------------------
+            for j in 0..n_blocks {
+                let buf = j % 2;
+                let parity = (if buf == 0 { fills0 } else { fills1 } + (j / 2) as u32) & 1;
+                let refill = j + 2 < n_blocks;
+                let refill_page = if wtid == 0 && refill { page_of_block(j + 2) } else { 0 };
+                // SAFETY: warpgroup 0 arrives once per block.
+                unsafe { hw::named_barrier_sync(BAR_P_READY, CTA) };
+                // SAFETY: written by warpgroup 0 before the barrier.
+                let alpha = unsafe { [*s_scale.add(row0), *s_scale.add(row0 + 8)] };
+                let blk_tok = tok_begin + (j * PAGE_BLOCK_SIZE) as i32;
+                if j + 1 == n_blocks && tok_end - blk_tok < PAGE_BLOCK_SIZE as i32 {
+                    for tile in V_TILES_PER_WARPGROUP..2 * V_TILES_PER_WARPGROUP {
+                        // SAFETY: landed already (warpgroup 0 waited); this orders the TMA writes before ours.
+                        unsafe { hw::mbarrier_wait(bar(buf, tile), parity) };
+                    }
+                    zero_oob_v_rows(buf, blk_tok);
+                }
+                unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
+                    unroll!(E_ in [0, 1, 2, 3] {
+                        acc_o[4 * I + E_] *= alpha[E_ / 2];
+                    });
+                });
+                // SAFETY: warpgroup-uniform; A = the P tile, V = K tiles 4..8 of the landed page.
+                unsafe {
+                    hw::wgmma_fence_128(&mut acc_o);
+                    unroll!(KS in [0, 1, 2, 3] {
+                        let a = k_major_desc(p_addr + (KS * 32) as u32);
+                        let v = v_desc(kv_addr(buf) + (V_TILES_PER_WARPGROUP * TILE_BYTES + KS * 16 * 128) as u32);
+                        E::wgmma_m64n256k16_ss_tb(&mut acc_o, a, v);
+                    });
+                    hw::wgmma_commit();
+                    hw::wgmma_wait_128(&mut acc_o);
+                }
+                if j + 1 < n_blocks {
+                    // SAFETY: warpgroup 0 waits on it before every block but the first.
+                    unsafe { hw::named_barrier_arrive(BAR_P_FREE, CTA) };
+                }
+                if wtid == 0 && refill {
+                    for tile in V_TILES_PER_WARPGROUP..2 * V_TILES_PER_WARPGROUP {
+                        load_tile(buf, tile, refill_page);
+                    }
+                }
+            }
+            // SAFETY: warpgroup 0 arrives once per request.
+            unsafe { hw::named_barrier_sync(BAR_ROW_SUM, CTA) };
+            // SAFETY: written by warpgroup 0 before the barrier.
+            row_sum = unsafe { [*s_sum.add(row0), *s_sum.add(row0 + 8)] };
+        }
+
+        // ---- epilogue (FlashMLA store_o): each warpgroup stores its 256 columns ----------------------------
+        let split = if is_split { (unsafe { *num_splits.add(b) } + split_idx) as usize } else { 0 };
+        unroll!(H in [0, 1] {
+            let local = row0 + 8 * H;
+            let sum = row_sum[H];
+            // FlashMLA: L == 0 or NaN → the row attended nothing: zero output, lse +inf (or −inf partial).
+            let empty = !(sum > 0.0);
+            let inv = if empty { 0.0 } else { arch::rcp(sum) };
+            let r = row_base + local as u32;
+            if r < rows {
+                let t = r / hpk;
+                let head = kv_head as u32 * hpk + r % hpk;
+                let col0 = wg * (HEAD_DIM_V / 2) + 2 * tig;
+                if is_split {
+                    let row_idx = (split * p.num_heads_kv as usize + kv_head) * rows as usize + r as usize;
+                    let o = p.o_accum as *mut f32;
+                    unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
+                        // SAFETY: split slot < total splits; 8-byte aligned (even column).
+                        unsafe {
+                            *(o.add(row_idx * HEAD_DIM_V + col0 + N * 8) as *mut [f32; 2]) =
+                                [acc_o[4 * N + 2 * H] * inv, acc_o[4 * N + 2 * H + 1] * inv];
+                        }
+                    });
+                    if wg == 0 && tig == 0 {
+                        let lse2 = if empty { f32::NEG_INFINITY } else { arch::log2(sum) + row_max[H] };
+                        // SAFETY: split slot < total splits.
+                        unsafe { *(p.lse_accum as *mut f32).add(row_idx) = lse2 };
+                    }
+                } else {
+                    // SAFETY: validated strides address out[b, t, head, :].
+                    let out = unsafe { (p.output.out as *mut u16).offset(p.output.out_offset(b, t, head)) };
+                    unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
+                        // SAFETY: inside out's row; 4-byte aligned (even column, validated strides).
+                        unsafe {
+                            *(out.add(col0 + N * 8) as *mut u32) = E::pack(acc_o[4 * N + 2 * H] * inv, acc_o[4 * N + 2 * H + 1] * inv);
+                        }
+                    });
+                    if wg == 0 && tig == 0 {
+                        let lse = if empty { f32::INFINITY } else { (arch::log2(sum) + row_max[H]) * LN_2 };
+                        // SAFETY: validated strides address lse[b, head, t].
+                        unsafe { *(p.output.lse as *mut f32).offset(p.output.lse_offset(b, t, head)) = lse };
+                    }
+                }
+            }
+        });
+        fills0 += n_blocks.div_ceil(2) as u32;
+        fills1 += (n_blocks / 2) as u32;
+        // Q, the KV buffers and the row sums are reused by the next request.
+        // SAFETY: every thread reaches it.
+        unsafe { arch::sync_threads() };
+    }
+    arch::launch_dependents();
+}

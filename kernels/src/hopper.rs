@@ -1,0 +1,317 @@
+//! Hopper (sm_90a) instructions: mbarriers, TMA (`cp.async.bulk.tensor`), `wgmma`, named barriers and
+//! proxy fences. Only in the sm_90a module.
+//!
+//! CTA- and warpgroup-wide barriers go through LLVM intrinsics (toolchain.md, pitfall 1). The
+//! `wgmma.*.sync.aligned` instructions are inline asm because their accumulators must be asm operands
+//! (pitfall 4); they are only ever executed in warpgroup-uniform control flow.
+
+use crate::arch::{Bf16, Element, F16};
+use core::arch::asm;
+
+#[allow(improper_ctypes)]
+unsafe extern "C" {
+    #[link_name = "llvm.nvvm.barrier.cta.sync.aligned.count"]
+    fn llvm_barrier_sync_count(id: u32, threads: u32);
+    #[link_name = "llvm.nvvm.barrier.cta.arrive.aligned.count"]
+    fn llvm_barrier_arrive_count(id: u32, threads: u32);
+}
+
+/// An asm statement `$text` that also names every accumulator as an in/out operand (in a comment).
+macro_rules! acc_asm {
+    ($acc:ident, $text:literal, [$i0:literal $(, $i:literal)*]) => {
+        asm!(
+            $text,
+            concat!("// {", $i0, "}" $(, " {", $i, "}")*),
+            inout(reg32) $acc[$i0], $(inout(reg32) $acc[$i],)*
+            options(nostack)
+        )
+    };
+}
+macro_rules! acc_asm_128 { ($acc:ident, $text:literal) => { acc_asm!($acc, $text, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127]) }; }
+macro_rules! acc_asm_32 { ($acc:ident, $text:literal) => { acc_asm!($acc, $text, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31]) }; }
+
+macro_rules! wgmma_ss_64 {
+    ($ty:literal, $acc:ident, $a:ident, $b:ident, $sd:ident, [$i0:literal $(, $i:literal)*]) => {
+        asm!(
+            "{{",
+            ".reg .pred p;",
+            "setp.ne.b32 p, {sd}, 0;",
+            concat!("wgmma.mma_async.sync.aligned.m64n64k16.f32.", $ty, ".", $ty, " {{{", $i0, "}" $(, ", {", $i, "}")*, "}}, {da}, {db}, p, 1, 1, 0, 0;"),
+            "}}",
+            inout(reg32) $acc[$i0], $(inout(reg32) $acc[$i],)*
+            da = in(reg64) $a, db = in(reg64) $b, sd = in(reg32) $sd,
+            options(nostack)
+        )
+    };
+}
+macro_rules! wgmma_rs_256 {
+    ($ty:literal, $acc:ident, $a:ident, $b:ident, [$i0:literal $(, $i:literal)*]) => {
+        asm!(
+            "{{",
+            ".reg .pred p;",
+            "setp.ne.b32 p, {one}, 0;",
+            concat!("wgmma.mma_async.sync.aligned.m64n256k16.f32.", $ty, ".", $ty, " {{{", $i0, "}" $(, ", {", $i, "}")*, "}}, {{{a0}, {a1}, {a2}, {a3}}}, {db}, p, 1, 1, 1;"),
+            "}}",
+            inout(reg32) $acc[$i0], $(inout(reg32) $acc[$i],)*
+            a0 = in(reg32) $a[0], a1 = in(reg32) $a[1], a2 = in(reg32) $a[2], a3 = in(reg32) $a[3],
+            db = in(reg64) $b, one = in(reg32) 1u32,
+            options(nostack)
+        )
+    };
+}
+macro_rules! wgmma_ss_256 {
+    ($ty:literal, $acc:ident, $a:ident, $b:ident, [$i0:literal $(, $i:literal)*]) => {
+        asm!(
+            "{{",
+            ".reg .pred p;",
+            "setp.ne.b32 p, {one}, 0;",
+            concat!("wgmma.mma_async.sync.aligned.m64n256k16.f32.", $ty, ".", $ty, " {{{", $i0, "}" $(, ", {", $i, "}")*, "}}, {da}, {db}, p, 1, 1, 0, 1;"),
+            "}}",
+            inout(reg32) $acc[$i0], $(inout(reg32) $acc[$i],)*
+            da = in(reg64) $a, db = in(reg64) $b, one = in(reg32) 1u32,
+            options(nostack)
+        )
+    };
+}
+
+/// `bar.sync id, threads`: waits until `threads` threads (warps entirely) have arrived at named barrier
+/// `id`.
+///
+/// # Safety
+/// Every thread of each participating warp must reach it; `threads` counts all participants.
+#[inline(always)]
+pub unsafe fn named_barrier_sync(id: u32, threads: u32) {
+    // SAFETY: forwarded.
+    unsafe { llvm_barrier_sync_count(id, threads) }
+}
+
+/// `bar.arrive id, threads`: signals named barrier `id` without waiting.
+///
+/// # Safety
+/// As [`named_barrier_sync`].
+#[inline(always)]
+pub unsafe fn named_barrier_arrive(id: u32, threads: u32) {
+    // SAFETY: forwarded.
+    unsafe { llvm_barrier_arrive_count(id, threads) }
+}
+
+/// `mbarrier.init.shared::cta.b64 [bar], count`.
+///
+/// # Safety
+/// `bar` is an 8-byte aligned shared address no other thread uses until a fence + barrier.
+#[inline(always)]
+pub unsafe fn mbarrier_init(bar: u32, count: u32) {
+    // SAFETY: forwarded.
+    unsafe { asm!("mbarrier.init.shared::cta.b64 [{b}], {c};", b = in(reg32) bar, c = in(reg32) count, options(nostack)) }
+}
+
+/// `fence.mbarrier_init.release.cluster`: makes initialised mbarriers visible to the async proxy.
+#[inline(always)]
+pub fn fence_mbarrier_init() {
+    // SAFETY: a fence.
+    unsafe { asm!("fence.mbarrier_init.release.cluster;", options(nostack)) }
+}
+
+/// `mbarrier.arrive.expect_tx`: one arrival that also expects `bytes` of TMA transactions this phase.
+///
+/// # Safety
+/// `bar` is an initialised mbarrier in shared memory.
+#[inline(always)]
+pub unsafe fn mbarrier_arrive_expect_tx(bar: u32, bytes: u32) {
+    // SAFETY: forwarded.
+    unsafe {
+        asm!("mbarrier.arrive.expect_tx.shared::cta.b64 _, [{b}], {n};", b = in(reg32) bar, n = in(reg32) bytes, options(nostack))
+    }
+}
+
+/// Spins until the phase of `bar` with parity `parity` has completed (`mbarrier.try_wait.parity`,
+/// which itself suspends the thread for a while before reporting "not yet").
+///
+/// # Safety
+/// `bar` is an initialised mbarrier in shared memory.
+#[inline(always)]
+pub unsafe fn mbarrier_wait(bar: u32, parity: u32) {
+    loop {
+        let done: u32;
+        // SAFETY: forwarded.
+        unsafe {
+            asm!(
+                "{{",
+                ".reg .pred p;",
+                "mbarrier.try_wait.parity.shared::cta.b64 p, [{b}], {ph};",
+                "selp.u32 {d}, 1, 0, p;",
+                "}}",
+                b = in(reg32) bar, ph = in(reg32) parity, d = out(reg32) done, options(nostack)
+            )
+        };
+        if done != 0 {
+            break;
+        }
+    }
+}
+
+/// `cp.async.bulk.tensor.4d` (TMA): copies the box at `coords` of the tensor described by the tensor
+/// map at `tensor_map` (global memory) into shared memory at `dst`, completing `bar`'s transactions.
+/// Coordinates outside the tensor read as zeros.
+///
+/// # Safety
+/// `tensor_map` is a valid, acquired tensor map; `dst` has room for one box, aligned as its swizzle
+/// needs; `bar` expects the box's bytes.
+#[inline(always)]
+pub unsafe fn tma_load_4d(dst: u32, tensor_map: u64, bar: u32, coords: [i32; 4]) {
+    // SAFETY: forwarded.
+    unsafe {
+        asm!(
+            "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [{d}], [{m}, {{{c0}, {c1}, {c2}, {c3}}}], [{b}];",
+            d = in(reg32) dst, m = in(reg64) tensor_map, b = in(reg32) bar,
+            c0 = in(reg32) coords[0], c1 = in(reg32) coords[1], c2 = in(reg32) coords[2], c3 = in(reg32) coords[3],
+            options(nostack)
+        )
+    }
+}
+
+/// Stores a 128-byte tensor map to global memory and makes it usable by this thread's TMA copies:
+/// generic-proxy stores, then `fence.proxy.tensormap::generic.release` and `.acquire` on the object.
+///
+/// # Safety
+/// `dst` is 64-byte aligned global memory of 128 bytes that no TMA is reading.
+#[inline(always)]
+pub unsafe fn publish_tensor_map(dst: u64, words: &[u64; 16]) {
+    let p = dst as *mut u64;
+    crate::unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+        // SAFETY: inside the 128-byte slot.
+        unsafe { core::ptr::write_volatile(p.add(I), words[I]) };
+    });
+    // SAFETY: fences on the caller's slot.
+    unsafe {
+        asm!("fence.proxy.tensormap::generic.release.gpu;", options(nostack));
+        asm!("fence.proxy.tensormap::generic.acquire.gpu [{m}], 128;", m = in(reg64) dst, options(nostack));
+    }
+}
+
+/// `fence.proxy.tensormap::generic.acquire.gpu`: this thread's TMA copies see the tensor map another
+/// thread of the CTA published (ordered by a barrier after its release).
+///
+/// # Safety
+/// `map` is the address of a published tensor map.
+#[inline(always)]
+pub unsafe fn acquire_tensor_map(map: u64) {
+    // SAFETY: forwarded.
+    unsafe { asm!("fence.proxy.tensormap::generic.acquire.gpu [{m}], 128;", m = in(reg64) map, options(nostack)) }
+}
+
+/// `fence.proxy.async.shared::cta`: this thread's ordinary shared-memory writes become visible to the
+/// async proxy (wgmma operand reads, TMA).
+#[inline(always)]
+pub fn fence_proxy_async_shared() {
+    // SAFETY: a fence.
+    unsafe { asm!("fence.proxy.async.shared::cta;", options(nostack)) }
+}
+
+/// A shared-memory matrix descriptor for `wgmma` with the 128-byte swizzle: start address, leading and
+/// stride byte offsets (PTX ISA "Matrix Descriptor Format"; bits 62–63 = 1 select the 128-byte swizzle).
+#[inline(always)]
+pub const fn sw128_desc(addr: u32, leading_bytes: u32, stride_bytes: u32) -> u64 {
+    (((addr & 0x3_FFFF) >> 4) as u64)
+        | ((((leading_bytes >> 4) & 0x3FFF) as u64) << 16)
+        | ((((stride_bytes >> 4) & 0x3FFF) as u64) << 32)
+        | (1u64 << 62)
+}
+
+/// `wgmma.fence.sync.aligned` with the 128 accumulators as operands: orders the ordinary instructions
+/// that last wrote them before the wgmmas that follow.
+///
+/// # Safety
+/// Warpgroup-wide, in warpgroup-uniform control flow.
+#[inline(always)]
+pub unsafe fn wgmma_fence_128(acc: &mut [f32; 128]) {
+    // SAFETY: forwarded.
+    unsafe { acc_asm_128!(acc, "wgmma.fence.sync.aligned;") }
+}
+
+/// `wgmma.fence.sync.aligned` with 32 accumulators as operands.
+///
+/// # Safety
+/// As [`wgmma_fence_128`].
+#[inline(always)]
+pub unsafe fn wgmma_fence_32(acc: &mut [f32; 32]) {
+    // SAFETY: forwarded.
+    unsafe { acc_asm_32!(acc, "wgmma.fence.sync.aligned;") }
+}
+
+/// `wgmma.commit_group.sync.aligned`.
+///
+/// # Safety
+/// Warpgroup-wide, in warpgroup-uniform control flow.
+#[inline(always)]
+pub unsafe fn wgmma_commit() {
+    // SAFETY: forwarded.
+    unsafe { asm!("wgmma.commit_group.sync.aligned;", options(nostack)) }
+}
+
+/// `wgmma.wait_group.sync.aligned 0` with the 128 accumulators as operands, so that nothing reads
+/// them before the wait (CUTLASS's `warpgroup_fence_operand`).
+///
+/// # Safety
+/// As [`wgmma_fence_128`].
+#[inline(always)]
+pub unsafe fn wgmma_wait_128(acc: &mut [f32; 128]) {
+    // SAFETY: forwarded.
+    unsafe { acc_asm_128!(acc, "wgmma.wait_group.sync.aligned 0;") }
+}
+
+/// `wgmma.wait_group.sync.aligned 0` with 32 accumulators as operands.
+///
+/// # Safety
+/// As [`wgmma_fence_128`].
+#[inline(always)]
+pub unsafe fn wgmma_wait_32(acc: &mut [f32; 32]) {
+    // SAFETY: forwarded.
+    unsafe { acc_asm_32!(acc, "wgmma.wait_group.sync.aligned 0;") }
+}
+
+
+/// `wgmma` for one 16-bit input type. Accumulators are f32; `m64nNk16` accumulator `i` of a thread
+/// (lane `l` of warp `w` of the warpgroup) is row `16w + l/4 + 8·((i/2) % 2)`, column `8·(i/4) + 2·(l%4) + i%2`.
+pub trait WgmmaElement: Element {
+    /// `S (+)= A·Bᵀ`, 64 × 64 × 16, both operands K-major in shared memory; `accumulate == 0` overwrites.
+    ///
+    /// # Safety
+    /// Warpgroup-wide, after [`wgmma_fence_32`]; descriptors address valid shared-memory operands.
+    unsafe fn wgmma_m64n64k16_ss(acc: &mut [f32; 32], a: u64, b: u64, accumulate: u32);
+    /// `O += A·B`, 64 × 256 × 16, A from registers (four packed pairs in the m16n8k16 `A` layout per
+    /// 16-row slice), B MN-major ("transposed") in shared memory.
+    ///
+    /// # Safety
+    /// As [`WgmmaElement::wgmma_m64n64k16_ss`], after [`wgmma_fence_128`].
+    unsafe fn wgmma_m64n256k16_rs_tb(acc: &mut [f32; 128], a: [u32; 4], b: u64);
+    /// `O += A·B`, 64 × 256 × 16, A K-major and B MN-major in shared memory.
+    ///
+    /// # Safety
+    /// As [`WgmmaElement::wgmma_m64n256k16_rs_tb`].
+    unsafe fn wgmma_m64n256k16_ss_tb(acc: &mut [f32; 128], a: u64, b: u64);
+}
+
+macro_rules! wgmma_element {
+    ($name:ident, $ty:literal) => {
+        impl WgmmaElement for $name {
+            #[inline(always)]
+            unsafe fn wgmma_m64n64k16_ss(acc: &mut [f32; 32], a: u64, b: u64, accumulate: u32) {
+                // SAFETY: forwarded.
+                unsafe { wgmma_ss_64!($ty, acc, a, b, accumulate, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31]) }
+            }
+            #[inline(always)]
+            unsafe fn wgmma_m64n256k16_rs_tb(acc: &mut [f32; 128], a: [u32; 4], b: u64) {
+                // SAFETY: forwarded.
+                unsafe { wgmma_rs_256!($ty, acc, a, b, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127]) }
+            }
+            #[inline(always)]
+            unsafe fn wgmma_m64n256k16_ss_tb(acc: &mut [f32; 128], a: u64, b: u64) {
+                // SAFETY: forwarded.
+                unsafe { wgmma_ss_256!($ty, acc, a, b, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127]) }
+            }
+        }
+    };
+}
+wgmma_element!(Bf16, "bf16");
+wgmma_element!(F16, "f16");
