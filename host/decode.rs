@@ -9,9 +9,9 @@ use crate::tensor::{DType, Element, TensorView, TensorViewMut};
 use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice};
 use flashmla_abi::{
-    max_total_splits, sm90_smem, smem, CombineParams, DecodeParams, OutputParams,
-    Sm90DecodeParams, TensorMapBytes, COMBINE_THREADS, COMBINE_WARPS, DECODE_THREADS, HEAD_DIM_K,
-    HEAD_DIM_V, PAGE_BLOCK_SIZE, SM90_THREADS, TILE_COLS,
+    max_total_splits, sm90_smem, smem, CombineParams, DecodeParams, OutputParams, Sm90DecodeParams,
+    TensorMapBytes, COMBINE_THREADS, COMBINE_WARPS, DECODE_THREADS, HEAD_DIM_K, HEAD_DIM_V,
+    PAGE_BLOCK_SIZE, SM90_THREADS, TILE_COLS,
 };
 use std::sync::Arc;
 
@@ -315,7 +315,11 @@ impl FlashMla {
         let tensor_map_slots = if self.inner.decode_sm90.is_some() {
             let ctas = shape.num_m_blocks() * shape.num_heads_kv * metadata.num_sm_parts();
             // cuMemAlloc returns 256-byte aligned memory: every 128-byte slot is 64-byte aligned.
-            Some(stream.alloc_zeros::<u8>(ctas * 128).map_err(Error::cuda("cuMemAlloc"))?)
+            Some(
+                stream
+                    .alloc_zeros::<u8>(ctas * 128)
+                    .map_err(Error::cuda("cuMemAlloc"))?,
+            )
         } else {
             None
         };

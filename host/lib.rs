@@ -45,8 +45,8 @@ mod tensor;
 pub mod testdata;
 
 pub use decode::{
-    DecodeKernel,
-    DecodeArgs, DecodeOptions, DecodeOutputs, DecodePlan, OutputBuffers, RawDecodeArgs,
+    DecodeArgs, DecodeKernel, DecodeOptions, DecodeOutputs, DecodePlan, OutputBuffers,
+    RawDecodeArgs,
 };
 pub use error::{Error, Result};
 /// The records and constants shared with the GPU kernels (the `flashmla-abi` crate).

@@ -133,7 +133,12 @@ mod tests {
     fn only_the_sm90a_module_has_the_hopper_kernels() {
         for m in MODULES {
             for k in kernel::SM90A_ONLY {
-                assert_eq!(m.has_kernel(k), m.arch == PtxArch::Sm90a, "{} / {k}", m.name);
+                assert_eq!(
+                    m.has_kernel(k),
+                    m.arch == PtxArch::Sm90a,
+                    "{} / {k}",
+                    m.name
+                );
             }
         }
     }

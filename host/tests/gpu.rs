@@ -10,8 +10,8 @@ use flashmla::testdata::{
     corner_cases, flashmla_sweep, head_grid_sample, run_case, CaseSpec, DEFAULT_ROW_BUDGET,
 };
 use flashmla::{
-    get_mla_metadata_cpu, DType, DecodeArgs, DecodeOptions, DecodeOutputs, DecodePlan, DecodeShape,
-    Error, FlashMla, OutputBuffers, TensorView, TensorViewMut,
+    get_mla_metadata_cpu, DType, DecodeArgs, DecodeKernel, DecodeOptions, DecodeOutputs,
+    DecodePlan, DecodeShape, Error, FlashMla, OutputBuffers, TensorView, TensorViewMut,
 };
 use half::bf16;
 use harness::{check, Fail, Outcome, Skip};
@@ -241,9 +241,13 @@ fn run_sweep(fm: &FlashMla, cases: &[CaseSpec]) -> Result<String, String> {
         rows += r.rows_checked.0;
     }
     Ok(format!(
-        "{} cases ({} module), {rows} rows vs f64 reference; worst out abs {worst_out:.2e}, cos {worst_cos:.1e}; worst lse abs {worst_lse:.2e}",
+        "{} cases ({} module, kernel {}), {rows} rows vs f64 reference; worst out abs {worst_out:.2e}, cos {worst_cos:.1e}; worst lse abs {worst_lse:.2e}",
         cases.len(),
-        fm.ptx_module().name
+        fm.ptx_module().name,
+        cases
+            .first()
+            .map_or(Ok(DecodeKernel::Auto), |c| fm.resolve_kernel(c.kernel))
+            .map_err(|e| e.to_string())?
     ))
 }
 
@@ -280,6 +284,81 @@ gpu_case!(decode_portable_sm80_module, |fm| {
     let mut cases = head_grid_sample(12, seed);
     cases.extend(flashmla_sweep(DType::Bf16, seed).into_iter().step_by(12));
     run_sweep(&portable, &cases)
+});
+
+// On Hopper the sweeps above run the wgmma/TMA kernel; the portable kernel in the same module stays
+// the oracle and the fallback, so it is checked too.
+gpu_case!(decode_portable_kernel_in_sm90a_module, |fm| {
+    if !matches!(
+        fm.resolve_kernel(DecodeKernel::Auto),
+        Ok(DecodeKernel::Hopper)
+    ) {
+        return Ok("no Hopper kernel on this device: the sweeps above ran the portable one".into());
+    }
+    let seed = seed();
+    let mut cases = corner_cases(seed);
+    cases.extend(head_grid_sample(12, seed));
+    for c in &mut cases {
+        c.kernel = DecodeKernel::Portable;
+    }
+    run_sweep(&fm, &cases)
+});
+
+// The kernel choice: Auto is the Hopper kernel exactly on compute capability 9.0; asking for it on a
+// handle without it is a typed error before anything runs, and nothing is written.
+gpu_case!(decode_kernel_selection, |fm| {
+    let cc = fm.device_info().compute_capability;
+    let auto = fm
+        .resolve_kernel(DecodeKernel::Auto)
+        .map_err(|e| e.to_string())?;
+    let expected = if cc == (9, 0) {
+        DecodeKernel::Hopper
+    } else {
+        DecodeKernel::Portable
+    };
+    if auto != expected {
+        return Err(format!("Auto resolved to {auto} on {cc:?}"));
+    }
+    let portable = FlashMla::with_module(fm.context().clone(), Some(PtxArch::Sm80))
+        .map_err(|e| e.to_string())?;
+    let stream = portable.new_stream().map_err(|e| e.to_string())?;
+    let shape = DecodeShape::new(2, 1, 16, 1).map_err(|e| e.to_string())?;
+    let spec = CaseSpec {
+        kernel: DecodeKernel::Hopper,
+        ..CaseSpec::new(shape, 100, false, false, DType::Bf16, seed())
+    };
+    let case = portable
+        .generate_case::<bf16>(&stream, &spec)
+        .map_err(|e| e.to_string())?;
+    let mut plan = portable
+        .plan_decode(&stream, shape)
+        .map_err(|e| e.to_string())?;
+    portable
+        .get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())
+        .map_err(|e| e.to_string())?;
+    let mut out = cuda(stream.alloc_zeros::<u16>(2 * 16 * 512))?;
+    poison_u16(&stream, &mut out)?;
+    let mut lse = cuda(stream.alloc_zeros::<f32>(2 * 16))?;
+    // SAFETY: bf16 and u16 have the same size; any bit pattern is a valid bf16.
+    let out_t = unsafe { out.transmute_mut::<bf16>(2 * 16 * 512) }.ok_or("transmute")?;
+    let mut outputs = DecodeOutputs {
+        out: TensorViewMut::contiguous("out", out_t, [2, 1, 16, 512]).map_err(|e| e.to_string())?,
+        lse: TensorViewMut::contiguous("lse", lse.as_view_mut(), [2, 16, 1])
+            .map_err(|e| e.to_string())?,
+    };
+    let args = case.args().map_err(|e| e.to_string())?;
+    match portable.decode(&stream, &mut plan, &args, &mut outputs, case.options()) {
+        Err(Error::KernelUnavailable { .. }) => {}
+        other => return Err(format!("Hopper kernel on the sm_80 module gave {other:?}")),
+    }
+    drop(outputs);
+    let host = cuda(stream.clone_dtoh(&out))?;
+    if host.iter().any(|&x| x != DType::Bf16.nan_bits()) {
+        return Err("a rejected call wrote to out".into());
+    }
+    Ok(format!(
+        "Auto = {auto} on {cc:?}; Hopper on the sm_80 module refused, out untouched"
+    ))
 });
 
 // A decode written through strided views (q inside a wider buffer, out with padded rows, lse
@@ -574,6 +653,8 @@ fn main() {
             decode_cuda_graph_capture_and_replay,
             decode_head_grid_sample,
             decode_portable_sm80_module,
+            decode_portable_kernel_in_sm90a_module,
+            decode_kernel_selection,
             decode_flashmla_sweep_fp16_subset,
             decode_flashmla_sweep_bf16,
         ],

@@ -1,12 +1,16 @@
 //! Assembles every embedded PTX module with NVIDIA's `ptxas` (no GPU needed) and fails on register
 //! spills or local-memory stack frames: no kernel may have any.
 //!
+//! For the sm_90a module it also checks that `ptxas` did not serialise any `wgmma` (warning C7519), and,
+//! with `cuobjdump` beside `ptxas`, that the Hopper decode kernels' SASS really has the tensor-core
+//! (`HGMMA`) and TMA (`UTMALDG`) instructions and no local-memory traffic.
+//!
 //! `ptxas` comes from PyPI (`pip install nvidia-cuda-nvcc`); it is looked up in `$FLASHMLA_PTXAS`, on
 //! `PATH`, then in `/usr/local/cuda/bin`. Without it the check is *skipped*, never passed, unless
 //! `FLASHMLA_REQUIRE_PTXAS=1`, when it fails.
 mod harness;
 
-use flashmla::ptx::{PtxModule, MODULES};
+use flashmla::ptx::{kernel, PtxArch, PtxModule, MODULES};
 use harness::{Fail, Outcome, Pass, Skip};
 use std::path::PathBuf;
 use std::process::Command;
@@ -102,10 +106,21 @@ fn check_module(module: &PtxModule) -> Outcome {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let _ = std::fs::remove_dir_all(&dir);
     if !output.status.success() {
+        let _ = std::fs::remove_dir_all(&dir);
         return Fail(format!("ptxas rejected {}:\n{text}", module.name));
     }
+    let sass = if module.arch == PtxArch::Sm90a {
+        let r = check_hopper_sass(&ptxas, &cubin, &text);
+        let _ = std::fs::remove_dir_all(&dir);
+        match r {
+            Ok(summary) => summary,
+            Err(e) => return Fail(format!("{}: {e}", module.name)),
+        }
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+        String::new()
+    };
     let reports = parse(&text, module);
     let expected = module.kernel_names().count();
     if reports.len() != expected {
@@ -130,7 +145,7 @@ fn check_module(module: &PtxModule) -> Outcome {
     }
     if bad.is_empty() {
         Pass(format!(
-            "{} ({}):{summary}",
+            "{} ({}):{summary}{sass}",
             module.name,
             module.arch.ptxas_arch()
         ))
@@ -140,6 +155,57 @@ fn check_module(module: &PtxModule) -> Outcome {
             module.name
         ))
     }
+}
+
+/// The Hopper kernels' SASS: every wgmma issued asynchronously (no C7519 from ptxas), HGMMA and
+/// UTMALDG present, no LDL/STL. `cuobjdump` is looked up beside `ptxas`; without it only the ptxas part
+/// is checked (and said so), unless `FLASHMLA_REQUIRE_PTXAS=1`.
+fn check_hopper_sass(
+    ptxas: &std::path::Path,
+    cubin: &std::path::Path,
+    ptxas_text: &str,
+) -> Result<String, String> {
+    if ptxas_text.contains("C7519")
+        || ptxas_text.contains("wgmma.mma_async instructions are serialized")
+    {
+        return Err(format!(
+            "ptxas serialised wgmma instructions:\n{ptxas_text}"
+        ));
+    }
+    let cuobjdump = ptxas.with_file_name("cuobjdump");
+    if !cuobjdump.is_file() {
+        let msg = format!("cuobjdump not found beside {}", ptxas.display());
+        return if std::env::var("FLASHMLA_REQUIRE_PTXAS").as_deref() == Ok("1") {
+            Err(format!(
+                "{msg} (pip install nvidia-cuda-cuobjdump), and FLASHMLA_REQUIRE_PTXAS=1"
+            ))
+        } else {
+            Ok(format!("\n  SASS not checked: {msg}"))
+        };
+    }
+    let mut summary = String::new();
+    for name in kernel::SM90A_ONLY {
+        let out = Command::new(&cuobjdump)
+            .args(["-sass", "-fun", name])
+            .arg(cubin)
+            .output()
+            .map_err(|e| format!("running {}: {e}", cuobjdump.display()))?;
+        let sass = String::from_utf8_lossy(&out.stdout);
+        let count = |op: &str| sass.lines().filter(|l| l.contains(op)).count();
+        let (hgmma, utmaldg, local) = (
+            count("HGMMA"),
+            count("UTMALDG"),
+            count("LDL") + count("STL"),
+        );
+        summary +=
+            &format!("\n    {name:<40} SASS: {hgmma} HGMMA, {utmaldg} UTMALDG, {local} LDL/STL");
+        if !out.status.success() || hgmma == 0 || utmaldg == 0 || local != 0 {
+            return Err(format!(
+                "{name}: SASS lacks HGMMA/UTMALDG or has local memory:{summary}"
+            ));
+        }
+    }
+    Ok(summary)
 }
 
 fn ptxas_sm90a() -> Outcome {
