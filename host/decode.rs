@@ -10,8 +10,8 @@ use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice};
 use flashmla_abi::{
     max_total_splits, sm90_smem, smem, CombineParams, DecodeParams, OutputParams, Sm90DecodeParams,
-    TensorMapBytes, COMBINE_THREADS, COMBINE_WARPS, DECODE_THREADS, HEAD_DIM_K, HEAD_DIM_V,
-    PAGE_BLOCK_SIZE, SM90_THREADS, TILE_COLS,
+    TensorMapBytes, COMBINE_THREADS, COMBINE_WARPS, COMBINE_WARPS_PER_ROW, DECODE_THREADS,
+    HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE, SM90_THREADS, TILE_COLS,
 };
 use std::sync::Arc;
 
@@ -762,12 +762,26 @@ pub(crate) fn validate(
         return Err(Error::MetadataNotComputed);
     }
     let rows = shape.q_seq_per_hk();
-    let combine_blocks = (shape.num_heads_kv * rows).div_ceil(COMBINE_WARPS as usize);
-    if combine_blocks > 65_535 || shape.num_heads_kv > 65_535 {
+    let combine_blocks =
+        (shape.num_heads_kv * rows * COMBINE_WARPS_PER_ROW).div_ceil(COMBINE_WARPS as usize);
+    // Grid y and z are limited to 65535 (h_kv is the decode grid's y, b the combine grid's y).
+    for (what, value) in [
+        ("h_kv (decode grid y)", shape.num_heads_kv),
+        ("batch size (combine grid y)", b),
+    ] {
+        if value > 65_535 {
+            return Err(Error::Overflow {
+                what,
+                value: value as u128,
+                limit: "65535",
+            });
+        }
+    }
+    if combine_blocks > i32::MAX as usize {
         return Err(Error::Overflow {
-            what: "h_kv · s_q · h_q / h_kv / 8 (combine grid)",
+            what: "h_kv · s_q · h_q / h_kv / 2 (combine grid x)",
             value: combine_blocks as u128,
-            limit: "65535",
+            limit: "2^31 - 1",
         });
     }
     let causal = a.options.causal && s_q > 1;
@@ -827,7 +841,7 @@ pub(crate) fn validate(
             shape.num_heads_kv as u32,
             num_sm_parts as u32,
         ),
-        combine_grid: (b as u32, combine_blocks as u32, 1),
+        combine_grid: (combine_blocks as u32, b as u32, 1),
         dtype: a.dtype,
         kernel: a.options.kernel,
     })
@@ -890,7 +904,11 @@ mod tests {
         assert_eq!(l.decode_grid, (1, H_KV as u32, 66));
         assert_eq!(
             l.combine_grid,
-            (B as u32, (H_KV * S_Q * H_Q / H_KV).div_ceil(8) as u32, 1)
+            (
+                (H_KV * S_Q * H_Q / H_KV * 4).div_ceil(8) as u32,
+                B as u32,
+                1
+            )
         );
         assert_eq!(l.decode.q_seq_per_hk, (S_Q * H_Q / H_KV) as i32);
         assert_eq!(l.decode.heads_per_kv, (H_Q / H_KV) as i32);
@@ -1158,7 +1176,7 @@ mod tests {
     }
 
     #[test]
-    fn combine_grid_limit() {
+    fn combine_grid_takes_a_million_rows() {
         let shape = DecodeShape::new(1, 8192, 128, 1).unwrap();
         let mut a = good();
         a.q.1 = [1, 8192, 128, HEAD_DIM_K];
@@ -1170,10 +1188,8 @@ mod tests {
         a.out.2 = contiguous(a.out.1);
         a.lse.1 = [1, 128, 8192];
         a.lse.2 = contiguous(a.lse.1);
-        assert!(matches!(
-            validate(&shape, 1, true, &a),
-            Err(Error::Overflow { .. })
-        ));
+        let l = validate(&shape, 1, true, &a).unwrap();
+        assert_eq!(l.combine_grid, (8192 * 128 / 2, 1, 1));
     }
 
     #[test]

@@ -12,6 +12,8 @@ unsafe extern "C" {
     fn llvm_shfl_sync_bfly_i32(mask: u32, value: i32, lane_mask: i32, clamp: i32) -> i32;
     #[link_name = "llvm.nvvm.shfl.sync.idx.i32"]
     fn llvm_shfl_sync_idx_i32(mask: u32, value: i32, lane: i32, clamp: i32) -> i32;
+    #[link_name = "llvm.nvvm.vote.all.sync"]
+    fn llvm_vote_all_sync(mask: u32, predicate: bool) -> bool;
     #[link_name = "llvm.nvvm.bar.warp.sync"]
     fn llvm_bar_warp_sync(mask: u32);
 }
@@ -109,6 +111,26 @@ pub unsafe fn shfl_xor_i32(value: i32, lane_mask: u32) -> i32 {
 pub unsafe fn warp_broadcast_lane0(value: u32) -> u32 {
     // SAFETY: the caller guarantees warp-wide convergence.
     unsafe { llvm_shfl_sync_idx_i32(FULL_WARP, value as i32, 0, 0x1f) as u32 }
+}
+
+/// `vote.sync.all.pred` over the full warp: whether `predicate` holds in every lane.
+///
+/// # Safety
+/// Every lane of the warp must reach it.
+#[inline(always)]
+pub unsafe fn warp_all(predicate: bool) -> bool {
+    // SAFETY: the caller guarantees warp-wide convergence.
+    unsafe { llvm_vote_all_sync(FULL_WARP, predicate) }
+}
+
+/// `shfl.sync.idx.b32` of an `f32` over the full warp: the value held by lane `lane`.
+///
+/// # Safety
+/// Every lane of the warp must reach it.
+#[inline(always)]
+pub unsafe fn shfl_idx_f32(value: f32, lane: u32) -> f32 {
+    // SAFETY: the caller guarantees warp-wide convergence.
+    f32::from_bits(unsafe { llvm_shfl_sync_idx_i32(FULL_WARP, value.to_bits() as i32, lane as i32, 0x1f) } as u32)
 }
 
 /// Butterfly sum of an `i64` over the 32 lanes of a warp (two 32-bit shuffles per step).

@@ -1,16 +1,19 @@
 //! The combine kernel: merges the normalised f32 partials of every split request into `out` and the
 //! natural-log `lse`. Port of FlashMLA HEAD `csrc/smxx/decode/combine/combine.cu`
-//! (`flash_fwd_mla_combine_kernel`): one warp per query row, per-split weights `exp2(lse_s − lse)`,
+//! (`flash_fwd_mla_combine_kernel`): four warps per query row, per-split weights `exp2(lse_s − lse)`,
 //! `lse = log2 Σ exp2(lse_s)`, `+inf` lse and zero output when no split attended anything.
 
 use crate::arch::{self, Element};
 use crate::unroll;
-use flashmla_abi::{CombineParams, COMBINE_COLS_PER_LANE, COMBINE_WARPS, HEAD_DIM_V};
+use flashmla_abi::{
+    CombineParams, COMBINE_COLS_PER_LANE, COMBINE_SPLITS_IN_FLIGHT, COMBINE_WARPS, COMBINE_WARPS_PER_ROW, HEAD_DIM_V,
+};
 
 const LN_2: f32 = core::f32::consts::LN_2;
 
-/// Grid `(b, ceil(h_kv · q_seq_per_hk / COMBINE_WARPS))`, `COMBINE_THREADS` threads. Requests that were not
-/// split (`num_splits[b+1] − num_splits[b] == 1`) were finished by the decode kernel and are skipped.
+/// Grid `(ceil(h_kv · q_seq_per_hk · COMBINE_WARPS_PER_ROW / COMBINE_WARPS), b)`, `COMBINE_THREADS` threads:
+/// `COMBINE_WARPS_PER_ROW` warps per query row, each over a quarter of its columns. Requests that were
+/// not split (`num_splits[b+1] − num_splits[b] == 1`) were finished by the decode kernel and are skipped.
 ///
 /// # Safety
 /// `params` describes valid device buffers matching the preceding decode launch.
@@ -18,9 +21,11 @@ const LN_2: f32 = core::f32::consts::LN_2;
 pub unsafe fn combine<E: Element>(p: &CombineParams) {
     let lane = arch::thread_idx_x() as usize % 32;
     let warp = arch::thread_idx_x() as usize / 32;
-    let b = arch::block_idx_x() as usize;
+    let b = arch::block_idx_y() as usize;
     let rows = p.q_seq_per_hk as usize;
-    let flat_row = arch::block_idx_y() as usize * COMBINE_WARPS as usize + warp;
+    let flat_warp = arch::block_idx_x() as usize * COMBINE_WARPS as usize + warp;
+    let flat_row = flat_warp / COMBINE_WARPS_PER_ROW;
+    let col = (flat_warp % COMBINE_WARPS_PER_ROW) * (HEAD_DIM_V / COMBINE_WARPS_PER_ROW) + lane * COMBINE_COLS_PER_LANE;
     // The partials come from the decode kernel just before this one (PDL).
     arch::grid_dependency_wait();
     if flat_row >= p.num_heads_kv as usize * rows {
@@ -38,13 +43,14 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
     let h_kv = p.num_heads_kv as usize;
     let slot = |s: usize| ((first + s) * h_kv + kv_head) * rows + r;
     let lse_accum = p.lse_accum as *const f32;
+    // SAFETY (both closures): s < count, so slot(s) < total splits · h_kv · rows.
+    let lse_of = |s: usize| if s < count { unsafe { *lse_accum.add(slot(s)) } } else { f32::NEG_INFINITY };
 
     // Global base-2 lse of the row from the per-split lse (lanes stride over splits).
     let mut max = f32::NEG_INFINITY;
     let mut s = lane;
     while s < count {
-        // SAFETY: slot(s) < total splits · h_kv · rows.
-        max = max.max(unsafe { *lse_accum.add(slot(s)) });
+        max = max.max(lse_of(s));
         s += 32;
     }
     let mut off = 16;
@@ -57,7 +63,7 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
     let mut sum = 0.0f32;
     let mut s = lane;
     while s < count {
-        sum += arch::exp2(unsafe { *lse_accum.add(slot(s)) } - reference);
+        sum += arch::exp2(lse_of(s) - reference);
         s += 32;
     }
     let mut off = 16;
@@ -67,32 +73,46 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
     }
     let lse2 = if !(sum > 0.0) { f32::INFINITY } else { arch::log2(sum) + reference };
 
-    // out = Σ_s exp2(lse_s − lse) · o_s; lane owns columns lane·4 + 128·i (coalesced float4 loads).
-    let mut acc = [[0.0f32; 4]; COMBINE_COLS_PER_LANE / 4];
-    for s in 0..count {
-        let weight = arch::exp2(unsafe { *lse_accum.add(slot(s)) } - lse2);
-        if weight != 0.0 {
-            let o = unsafe { (p.o_accum as *const f32).add(slot(s) * HEAD_DIM_V + lane * 4) };
-            unroll!(I in [0, 1, 2, 3] {
-                // SAFETY: inside the 512-column partial row; 16-byte aligned.
-                let v = unsafe { *(o.add(I * 128) as *const [f32; 4]) };
-                unroll!(J in [0, 1, 2, 3] { acc[I][J] += weight * v[J]; });
+    // out = Σ_s exp2(lse_s − lse) · o_s. Lane s of a 32-split chunk holds split s's weight; the partials
+    // of COMBINE_SPLITS_IN_FLIGHT splits are loaded before any is accumulated, so that many 16-byte
+    // loads per lane are in flight instead of one dependent chain per split.
+    let mut acc = [0.0f32; COMBINE_COLS_PER_LANE];
+    let o_accum = p.o_accum as *const f32;
+    let mut chunk = 0;
+    while chunk < count {
+        let weight = arch::exp2(lse_of(chunk + lane) - lse2);
+        let in_chunk = (count - chunk).min(32);
+        let mut s = 0;
+        while s < in_chunk {
+            let mut parts = [[0.0f32; COMBINE_COLS_PER_LANE]; COMBINE_SPLITS_IN_FLIGHT];
+            unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7] {
+                if s + I < in_chunk {
+                    // SAFETY: split chunk + s + I < count; 16-byte aligned inside its 512-column row.
+                    parts[I] = unsafe { *(o_accum.add(slot(chunk + s + I) * HEAD_DIM_V + col) as *const [f32; 4]) };
+                }
             });
+            unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7] {
+                // SAFETY: all lanes reach the shuffle (warp-uniform bounds); lanes past the chunk hold 0.
+                let w = unsafe { arch::shfl_idx_f32(weight, ((s + I) % 32) as u32) };
+                if s + I < in_chunk {
+                    unroll!(J in [0, 1, 2, 3] { acc[J] += w * parts[I][J]; });
+                }
+            });
+            s += COMBINE_SPLITS_IN_FLIGHT;
         }
+        chunk += 32;
     }
     let hpk = p.heads_per_kv as usize;
     let (t, head) = ((r / hpk) as u32, (kv_head * hpk + r % hpk) as u32);
     // SAFETY: validated strides address out[b, t, head, :] and lse[b, head, t].
     unsafe {
         let out = (p.output.out as *mut u16).offset(p.output.out_offset(b, t, head));
-        unroll!(I in [0, 1, 2, 3] {
-            let o = out.add(lane * 4 + I * 128) as *mut u32;
-            *o = E::pack(acc[I][0], acc[I][1]);
-            *o.add(1) = E::pack(acc[I][2], acc[I][3]);
-        });
-        if lane == 0 {
+        *(out.add(col) as *mut [u32; 2]) = [E::pack(acc[0], acc[1]), E::pack(acc[2], acc[3])];
+        if lane == 0 && col == 0 {
             *(p.output.lse as *mut f32).offset(p.output.lse_offset(b, t, head)) = lse2 * LN_2;
         }
     }
     arch::launch_dependents();
 }
+
+const _: () = assert!(COMBINE_SPLITS_IN_FLIGHT == 8, "the unrolled split loop above is written for 8");

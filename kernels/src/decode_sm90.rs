@@ -43,8 +43,8 @@ const BAR_P_READY: u32 = 1;
 const BAR_P_FREE: u32 = 2;
 /// Warpgroup 0 → 1: the request's row sums are in shared memory.
 const BAR_ROW_SUM: u32 = 3;
-/// Inside warpgroup 0 / 1: out-of-range V rows have been zeroed.
-const BAR_WG_ZEROED: [u32; 2] = [4, 5];
+/// Inside warpgroup 0 (4) / 1 (5): out-of-range V rows have been zeroed.
+const BAR_WG_ZEROED: u32 = 4;
 
 const _: () = assert!(TILE_COLS == 64 && K_TILES == 9 && V_TILES_PER_WARPGROUP == 4 && HEAD_DIM_V == 512);
 const _: () = assert!(PAGE_BLOCK_SIZE == 64 && BLOCK_SIZE_M == 64 && Q_ROW_CHUNKS == 72);
@@ -254,34 +254,63 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
             }
             hw::fence_proxy_async_shared();
             // SAFETY: the whole warpgroup reaches it (warpgroup-uniform condition).
-            unsafe { hw::named_barrier_sync(BAR_WG_ZEROED[wg], WG) };
+            unsafe { hw::named_barrier_sync(BAR_WG_ZEROED + wg as u32, WG) };
+        };
+
+        // Whole blocks below this token need no mask: no ragged tail, and no causal border (the border
+        // grows with the row, so row 0's is the lowest).
+        let unmasked_end = tok_end.min(limit(0));
+        // O·α with α = 1 in every lane of the warp is a no-op: skipped. Once a row's running max settles,
+        // most blocks leave it unchanged.
+        let rescale = |acc_o: &mut [f32; 128], alpha: [f32; 2]| {
+            // SAFETY: all lanes reach the vote (warpgroup-uniform control flow).
+            if !unsafe { arch::warp_all(alpha[0] == 1.0 && alpha[1] == 1.0) } {
+                unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
+                    unroll!(E_ in [0, 1, 2, 3] {
+                        acc_o[4 * I + E_] *= alpha[E_ / 2];
+                    });
+                });
+            }
         };
 
         if wg == 0 {
             // ---- warpgroup 0: S = Q·Kᵀ, softmax, O_L = O_L·α + P·V_L --------------------------------------
+            // S = Q·Kᵀ of block j (issued, not waited for). Each tile's wgmmas start as soon as its TMA lands.
+            // (A macro, not a closure: it is used twice and must be inlined, or ptxas serialises the
+            // wgmma pipeline across the call.)
+            macro_rules! issue_qk {
+                ($acc_s:ident, $j:expr) => {{
+                    let j: usize = $j;
+                    let buf = j % 2;
+                    let parity = (if buf == 0 { fills0 } else { fills1 } + (j / 2) as u32) & 1;
+                    // SAFETY: warpgroup-uniform; descriptors address the Q tiles and the landed K tiles.
+                    unsafe {
+                        let (a, k) = (k_major_desc(q_addr), k_major_desc(kv_addr(buf)));
+                        unroll!(T in [0, 1, 2, 3, 4, 5, 6, 7, 8] {
+                            hw::mbarrier_wait_at::<{ (T * 8) as u32 }>(bar(buf, 0), parity);
+                            hw::wgmma_fence_32(&mut $acc_s);
+                            unroll!(KS in [0, 1, 2, 3] {
+                                E::wgmma_m64n64k16_ss::<{ ((T * TILE_BYTES + KS * 32) / 16) as u64 }>(
+                                    &mut $acc_s, a, k, (T + KS > 0) as u32,
+                                );
+                            });
+                        });
+                        hw::wgmma_commit();
+                    }
+                }};
+            }
+            let mut acc_s = [0.0f32; 32];
+            if n_blocks > 0 {
+                issue_qk!(acc_s, 0);
+                // SAFETY: warpgroup-uniform.
+                unsafe { hw::wgmma_wait_32::<0>(&mut acc_s) };
+            }
             for j in 0..n_blocks {
                 let buf = j % 2;
-                let parity = (if buf == 0 { fills0 } else { fills1 } + (j / 2) as u32) & 1;
                 let refill = j + 2 < n_blocks;
-                // Read early: the table lookup's latency hides behind Q·Kᵀ.
+                // Read early: the table lookup's latency hides behind the softmax.
                 let refill_page = if tid == 0 && refill { page_of_block(j + 2) } else { 0 };
-
-                let mut acc_s = [0.0f32; 32];
-                // SAFETY: warpgroup-uniform; descriptors address the Q tiles and the landed K tiles.
-                unsafe {
-                    unroll!(T in [0, 1, 2, 3, 4, 5, 6, 7, 8] {
-                        hw::mbarrier_wait(bar(buf, T), parity);
-                        hw::wgmma_fence_32(&mut acc_s);
-                        unroll!(KS in [0, 1, 2, 3] {
-                            let a = k_major_desc(q_addr + (T * TILE_BYTES + KS * 32) as u32);
-                            let k = k_major_desc(kv_addr(buf) + (T * TILE_BYTES + KS * 32) as u32);
-                            E::wgmma_m64n64k16_ss(&mut acc_s, a, k, (T + KS > 0) as u32);
-                        });
-                    });
-                    hw::wgmma_commit();
-                    hw::wgmma_wait_32(&mut acc_s);
-                }
-                // Tile 8 (RoPE) has no other reader.
+                // Tile 8 (RoPE) has no other reader than Q·Kᵀ(j), which is done.
                 if tid == 0 && refill {
                     load_tile(buf, K_TILES - 1, refill_page);
                 }
@@ -289,13 +318,21 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                 // Scale to base 2, mask, row maxima (each row lives in the 4 lanes of a quad).
                 let blk_tok = tok_begin + (j * PAGE_BLOCK_SIZE) as i32;
                 let mut part_max = [f32::NEG_INFINITY; 2];
-                unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
-                    let h = (I / 2) % 2;
-                    let tok = blk_tok + (8 * (I / 4) + 2 * tig + I % 2) as i32;
-                    let s = if tok < tok_end && tok < row_limit[h] { acc_s[I] * p.scale_log2 } else { f32::NEG_INFINITY };
-                    acc_s[I] = s;
-                    part_max[h] = part_max[h].max(s);
-                });
+                if blk_tok + PAGE_BLOCK_SIZE as i32 <= unmasked_end {
+                    unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
+                        let s = acc_s[I] * p.scale_log2;
+                        acc_s[I] = s;
+                        part_max[(I / 2) % 2] = part_max[(I / 2) % 2].max(s);
+                    });
+                } else {
+                    unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
+                        let h = (I / 2) % 2;
+                        let tok = blk_tok + (8 * (I / 4) + 2 * tig + I % 2) as i32;
+                        let s = if tok < tok_end && tok < row_limit[h] { acc_s[I] * p.scale_log2 } else { f32::NEG_INFINITY };
+                        acc_s[I] = s;
+                        part_max[h] = part_max[h].max(s);
+                    });
+                }
                 let mut alpha = [0.0f32; 2];
                 let mut m_ref = [0.0f32; 2];
                 for h in 0..2 {
@@ -326,10 +363,16 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                     // SAFETY: warpgroup 1 arrives once per block but the last.
                     unsafe { hw::named_barrier_sync(BAR_P_FREE, CTA) };
                 }
+                // Chunk n of row r sits at chunk n ^ (r % 8); rows row0 and row0 + 8 share r % 8, and the P
+                // tile is 1024-byte aligned (address bits 4..6 of a row start are 0), so each address is a
+                // per-row base XOR a constant chunk offset.
+                let p_row = [
+                    p_addr + (row0 * 128 + (row0 % 8) * 16 + 4 * tig) as u32,
+                    p_addr + ((row0 + 8) * 128 + (row0 % 8) * 16 + 4 * tig) as u32,
+                ];
                 unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
-                    let off = smem::P + sw128_offset(row0 + 8 * (I % 2), I / 2) + 4 * tig;
                     // SAFETY: inside the P tile; 4-byte aligned.
-                    unsafe { *(smem_ptr.add(off) as *mut u32) = pa[I] };
+                    unsafe { hw::st_shared_u32_xor::<{ ((I / 2) * 16) as u32 }>(p_row[I % 2], pa[I]) };
                 });
                 if tig == 0 {
                     // SAFETY: inside the row-scale array.
@@ -345,25 +388,39 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                 if j + 1 == n_blocks && tok_end - blk_tok < PAGE_BLOCK_SIZE as i32 {
                     zero_oob_v_rows(buf, blk_tok);
                 }
-                unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
-                    unroll!(E_ in [0, 1, 2, 3] {
-                        acc_o[4 * I + E_] *= alpha[E_ / 2];
-                    });
-                });
+                rescale(&mut acc_o, alpha);
+                // O_L += P·V_L (V = K tiles 0..4), then straight on to S = Q·Kᵀ of the next block, so the
+                // tensor cores have both queued while this warpgroup waits.
                 // SAFETY: warpgroup-uniform; V = K tiles 0..4 of the landed page.
                 unsafe {
                     hw::wgmma_fence_128(&mut acc_o);
+                    let v = v_desc(kv_addr(buf));
                     unroll!(KS in [0, 1, 2, 3] {
-                        let v = v_desc(kv_addr(buf) + (KS * 16 * 128) as u32);
-                        E::wgmma_m64n256k16_rs_tb(&mut acc_o, [pa[4 * KS], pa[4 * KS + 1], pa[4 * KS + 2], pa[4 * KS + 3]], v);
+                        E::wgmma_m64n256k16_rs_tb::<{ (KS * 16 * 128 / 16) as u64 }>(
+                            &mut acc_o,
+                            [pa[4 * KS], pa[4 * KS + 1], pa[4 * KS + 2], pa[4 * KS + 3]],
+                            v,
+                        );
                     });
                     hw::wgmma_commit();
-                    hw::wgmma_wait_128(&mut acc_o);
                 }
-                if tid == 0 && refill {
-                    for tile in 0..V_TILES_PER_WARPGROUP {
-                        load_tile(buf, tile, refill_page);
+                // Both waits of the in-flight S sit in one branch: a control-flow join while its wgmma runs
+                // would make LLVM move the accumulators (phi copies), and ptxas then serialises.
+                if j + 1 < n_blocks {
+                    issue_qk!(acc_s, j + 1);
+                    // SAFETY: warpgroup-uniform; P·V_L is the older of the two pending groups.
+                    unsafe { hw::wgmma_wait_128::<1>(&mut acc_o) };
+                    // Tiles 0..4 are V_L of this block: free now.
+                    if tid == 0 && refill {
+                        for tile in 0..V_TILES_PER_WARPGROUP {
+                            load_tile(buf, tile, refill_page);
+                        }
                     }
+                    // SAFETY: warpgroup-uniform.
+                    unsafe { hw::wgmma_wait_32::<0>(&mut acc_s) };
+                } else {
+                    // SAFETY: warpgroup-uniform.
+                    unsafe { hw::wgmma_wait_128::<0>(&mut acc_o) };
                 }
             }
             // Full row sums (the quad's four lanes) for the epilogue of both warpgroups.
@@ -402,21 +459,19 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                     }
                     zero_oob_v_rows(buf, blk_tok);
                 }
-                unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
-                    unroll!(E_ in [0, 1, 2, 3] {
-                        acc_o[4 * I + E_] *= alpha[E_ / 2];
-                    });
-                });
+                rescale(&mut acc_o, alpha);
                 // SAFETY: warpgroup-uniform; A = the P tile, V = K tiles 4..8 of the landed page.
                 unsafe {
                     hw::wgmma_fence_128(&mut acc_o);
+                    let (a, v) = (k_major_desc(p_addr), v_desc(kv_addr(buf)));
                     unroll!(KS in [0, 1, 2, 3] {
-                        let a = k_major_desc(p_addr + (KS * 32) as u32);
-                        let v = v_desc(kv_addr(buf) + (V_TILES_PER_WARPGROUP * TILE_BYTES + KS * 16 * 128) as u32);
-                        E::wgmma_m64n256k16_ss_tb(&mut acc_o, a, v);
+                        E::wgmma_m64n256k16_ss_tb::<
+                            { (KS * 32 / 16) as u64 },
+                            { ((V_TILES_PER_WARPGROUP * TILE_BYTES + KS * 16 * 128) / 16) as u64 },
+                        >(&mut acc_o, a, v);
                     });
                     hw::wgmma_commit();
-                    hw::wgmma_wait_128(&mut acc_o);
+                    hw::wgmma_wait_128::<0>(&mut acc_o);
                 }
                 if j + 1 < n_blocks {
                     // SAFETY: warpgroup 0 waits on it before every block but the first.

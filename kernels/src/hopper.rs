@@ -18,57 +18,66 @@ unsafe extern "C" {
 
 /// An asm statement `$text` that also names every accumulator as an in/out operand (in a comment).
 macro_rules! acc_asm {
-    ($acc:ident, $text:literal, [$i0:literal $(, $i:literal)*]) => {
+    ($acc:ident, $text:literal, [$i0:literal $(, $i:literal)*] $(, ($($extra:tt)*))?) => {
         asm!(
             $text,
             concat!("// {", $i0, "}" $(, " {", $i, "}")*),
             inout(reg32) $acc[$i0], $(inout(reg32) $acc[$i],)*
+            $($($extra)*,)?
             options(nostack)
         )
     };
 }
-macro_rules! acc_asm_128 { ($acc:ident, $text:literal) => { acc_asm!($acc, $text, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127]) }; }
-macro_rules! acc_asm_32 { ($acc:ident, $text:literal) => { acc_asm!($acc, $text, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31]) }; }
+macro_rules! acc_asm_128 { ($acc:ident, $text:literal $(, $extra:tt)?) => { acc_asm!($acc, $text, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127] $(, $extra)?) }; }
+macro_rules! acc_asm_32 { ($acc:ident, $text:literal $(, $extra:tt)?) => { acc_asm!($acc, $text, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] $(, $extra)?) }; }
 
 macro_rules! wgmma_ss_64 {
-    ($ty:literal, $acc:ident, $a:ident, $b:ident, $sd:ident, [$i0:literal $(, $i:literal)*]) => {
+    ($ty:literal, $acc:ident, $a:ident, $b:ident, $sd:ident, $off:ident, [$i0:literal $(, $i:literal)*]) => {
         asm!(
             "{{",
             ".reg .pred p;",
+            ".reg .b64 da, db;",
             "setp.ne.b32 p, {sd}, 0;",
-            concat!("wgmma.mma_async.sync.aligned.m64n64k16.f32.", $ty, ".", $ty, " {{{", $i0, "}" $(, ", {", $i, "}")*, "}}, {da}, {db}, p, 1, 1, 0, 0;"),
+            "add.s64 da, {da}, {off};",
+            "add.s64 db, {db}, {off};",
+            concat!("wgmma.mma_async.sync.aligned.m64n64k16.f32.", $ty, ".", $ty, " {{{", $i0, "}" $(, ", {", $i, "}")*, "}}, da, db, p, 1, 1, 0, 0;"),
             "}}",
             inout(reg32) $acc[$i0], $(inout(reg32) $acc[$i],)*
-            da = in(reg64) $a, db = in(reg64) $b, sd = in(reg32) $sd,
+            da = in(reg64) $a, db = in(reg64) $b, sd = in(reg32) $sd, off = const $off,
             options(nostack)
         )
     };
 }
 macro_rules! wgmma_rs_256 {
-    ($ty:literal, $acc:ident, $a:ident, $b:ident, [$i0:literal $(, $i:literal)*]) => {
+    ($ty:literal, $acc:ident, $a:ident, $b:ident, $off:ident, [$i0:literal $(, $i:literal)*]) => {
         asm!(
             "{{",
             ".reg .pred p;",
+            ".reg .b64 db;",
             "setp.ne.b32 p, {one}, 0;",
-            concat!("wgmma.mma_async.sync.aligned.m64n256k16.f32.", $ty, ".", $ty, " {{{", $i0, "}" $(, ", {", $i, "}")*, "}}, {{{a0}, {a1}, {a2}, {a3}}}, {db}, p, 1, 1, 1;"),
+            "add.s64 db, {db}, {off};",
+            concat!("wgmma.mma_async.sync.aligned.m64n256k16.f32.", $ty, ".", $ty, " {{{", $i0, "}" $(, ", {", $i, "}")*, "}}, {{{a0}, {a1}, {a2}, {a3}}}, db, p, 1, 1, 1;"),
             "}}",
             inout(reg32) $acc[$i0], $(inout(reg32) $acc[$i],)*
             a0 = in(reg32) $a[0], a1 = in(reg32) $a[1], a2 = in(reg32) $a[2], a3 = in(reg32) $a[3],
-            db = in(reg64) $b, one = in(reg32) 1u32,
+            db = in(reg64) $b, one = in(reg32) 1u32, off = const $off,
             options(nostack)
         )
     };
 }
 macro_rules! wgmma_ss_256 {
-    ($ty:literal, $acc:ident, $a:ident, $b:ident, [$i0:literal $(, $i:literal)*]) => {
+    ($ty:literal, $acc:ident, $a:ident, $b:ident, $aoff:ident, $boff:ident, [$i0:literal $(, $i:literal)*]) => {
         asm!(
             "{{",
             ".reg .pred p;",
+            ".reg .b64 da, db;",
             "setp.ne.b32 p, {one}, 0;",
-            concat!("wgmma.mma_async.sync.aligned.m64n256k16.f32.", $ty, ".", $ty, " {{{", $i0, "}" $(, ", {", $i, "}")*, "}}, {da}, {db}, p, 1, 1, 0, 1;"),
+            "add.s64 da, {da}, {aoff};",
+            "add.s64 db, {db}, {boff};",
+            concat!("wgmma.mma_async.sync.aligned.m64n256k16.f32.", $ty, ".", $ty, " {{{", $i0, "}" $(, ", {", $i, "}")*, "}}, da, db, p, 1, 1, 0, 1;"),
             "}}",
             inout(reg32) $acc[$i0], $(inout(reg32) $acc[$i],)*
-            da = in(reg64) $a, db = in(reg64) $b, one = in(reg32) 1u32,
+            da = in(reg64) $a, db = in(reg64) $b, one = in(reg32) 1u32, aoff = const $aoff, boff = const $boff,
             options(nostack)
         )
     };
@@ -147,6 +156,52 @@ pub unsafe fn mbarrier_wait(bar: u32, parity: u32) {
         if done != 0 {
             break;
         }
+    }
+}
+
+/// [`mbarrier_wait`] on the mbarrier at shared address `base + OFF`, the offset an immediate (so LLVM
+/// keeps one base register instead of hoisting an address per unrolled barrier).
+///
+/// # Safety
+/// As [`mbarrier_wait`].
+#[inline(always)]
+pub unsafe fn mbarrier_wait_at<const OFF: u32>(base: u32, parity: u32) {
+    loop {
+        let done: u32;
+        // SAFETY: forwarded.
+        unsafe {
+            asm!(
+                "{{",
+                ".reg .pred p;",
+                "mbarrier.try_wait.parity.shared::cta.b64 p, [{b}+{off}], {ph};",
+                "selp.u32 {d}, 1, 0, p;",
+                "}}",
+                b = in(reg32) base, off = const OFF, ph = in(reg32) parity, d = out(reg32) done, options(nostack)
+            )
+        };
+        if done != 0 {
+            break;
+        }
+    }
+}
+
+/// `st.shared.b32 [base ^ X], value`: a store into a 128-byte-swizzled tile, whose 16-byte chunk index
+/// is XOR-ed with the row; the XOR is inside the asm so the unrolled addresses are not hoisted.
+///
+/// # Safety
+/// `base ^ X` is a 4-byte aligned shared address of 4 writable bytes.
+#[inline(always)]
+pub unsafe fn st_shared_u32_xor<const X: u32>(base: u32, value: u32) {
+    // SAFETY: forwarded.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b32 a;",
+            "xor.b32 a, {b}, {x};",
+            "st.shared.b32 [a], {v};",
+            "}}",
+            b = in(reg32) base, x = const X, v = in(reg32) value, options(nostack)
+        )
     }
 }
 
@@ -249,66 +304,71 @@ pub unsafe fn wgmma_commit() {
     unsafe { asm!("wgmma.commit_group.sync.aligned;", options(nostack)) }
 }
 
-/// `wgmma.wait_group.sync.aligned 0` with the 128 accumulators as operands, so that nothing reads
-/// them before the wait (CUTLASS's `warpgroup_fence_operand`).
+/// `wgmma.wait_group.sync.aligned N` (at most `N` of this warpgroup's committed groups still pending)
+/// with the 128 accumulators of a finished group as operands, so that nothing reads them before the
+/// wait (CUTLASS's `warpgroup_fence_operand`).
 ///
 /// # Safety
-/// As [`wgmma_fence_128`].
+/// As [`wgmma_fence_128`]; `acc` belongs to a group that is complete once `N` remain.
 #[inline(always)]
-pub unsafe fn wgmma_wait_128(acc: &mut [f32; 128]) {
+pub unsafe fn wgmma_wait_128<const N: u32>(acc: &mut [f32; 128]) {
     // SAFETY: forwarded.
-    unsafe { acc_asm_128!(acc, "wgmma.wait_group.sync.aligned 0;") }
+    unsafe { acc_asm_128!(acc, "wgmma.wait_group.sync.aligned {n};", (n = const N)) }
 }
 
-/// `wgmma.wait_group.sync.aligned 0` with 32 accumulators as operands.
+/// As [`wgmma_wait_128`], for 32 accumulators.
 ///
 /// # Safety
-/// As [`wgmma_fence_128`].
+/// As [`wgmma_wait_128`].
 #[inline(always)]
-pub unsafe fn wgmma_wait_32(acc: &mut [f32; 32]) {
+pub unsafe fn wgmma_wait_32<const N: u32>(acc: &mut [f32; 32]) {
     // SAFETY: forwarded.
-    unsafe { acc_asm_32!(acc, "wgmma.wait_group.sync.aligned 0;") }
+    unsafe { acc_asm_32!(acc, "wgmma.wait_group.sync.aligned {n};", (n = const N)) }
 }
 
 
 /// `wgmma` for one 16-bit input type. Accumulators are f32; `m64nNk16` accumulator `i` of a thread
 /// (lane `l` of warp `w` of the warpgroup) is row `16w + l/4 + 8·((i/2) % 2)`, column `8·(i/4) + 2·(l%4) + i%2`.
 pub trait WgmmaElement: Element {
-    /// `S (+)= A·Bᵀ`, 64 × 64 × 16, both operands K-major in shared memory; `accumulate == 0` overwrites.
+    /// `S (+)= A·Bᵀ`, 64 × 64 × 16, both operands K-major in shared memory, at descriptors `a + OFF`
+    /// and `b + OFF` (OFF in 16-byte units); `accumulate == 0` overwrites. The constant offset is added
+    /// inside the asm: computed outside, LLVM hoists every unrolled descriptor out of the KV loop and
+    /// the accumulators no longer fit beside them.
     ///
     /// # Safety
     /// Warpgroup-wide, after [`wgmma_fence_32`]; descriptors address valid shared-memory operands.
-    unsafe fn wgmma_m64n64k16_ss(acc: &mut [f32; 32], a: u64, b: u64, accumulate: u32);
+    unsafe fn wgmma_m64n64k16_ss<const OFF: u64>(acc: &mut [f32; 32], a: u64, b: u64, accumulate: u32);
     /// `O += A·B`, 64 × 256 × 16, A from registers (four packed pairs in the m16n8k16 `A` layout per
-    /// 16-row slice), B MN-major ("transposed") in shared memory.
+    /// 16-row slice), B MN-major ("transposed") in shared memory at descriptor `b + B_OFF`.
     ///
     /// # Safety
     /// As [`WgmmaElement::wgmma_m64n64k16_ss`], after [`wgmma_fence_128`].
-    unsafe fn wgmma_m64n256k16_rs_tb(acc: &mut [f32; 128], a: [u32; 4], b: u64);
-    /// `O += A·B`, 64 × 256 × 16, A K-major and B MN-major in shared memory.
+    unsafe fn wgmma_m64n256k16_rs_tb<const B_OFF: u64>(acc: &mut [f32; 128], a: [u32; 4], b: u64);
+    /// `O += A·B`, 64 × 256 × 16, A K-major (at `a + A_OFF`) and B MN-major (at `b + B_OFF`) in shared
+    /// memory.
     ///
     /// # Safety
     /// As [`WgmmaElement::wgmma_m64n256k16_rs_tb`].
-    unsafe fn wgmma_m64n256k16_ss_tb(acc: &mut [f32; 128], a: u64, b: u64);
+    unsafe fn wgmma_m64n256k16_ss_tb<const A_OFF: u64, const B_OFF: u64>(acc: &mut [f32; 128], a: u64, b: u64);
 }
 
 macro_rules! wgmma_element {
     ($name:ident, $ty:literal) => {
         impl WgmmaElement for $name {
             #[inline(always)]
-            unsafe fn wgmma_m64n64k16_ss(acc: &mut [f32; 32], a: u64, b: u64, accumulate: u32) {
+            unsafe fn wgmma_m64n64k16_ss<const OFF: u64>(acc: &mut [f32; 32], a: u64, b: u64, accumulate: u32) {
                 // SAFETY: forwarded.
-                unsafe { wgmma_ss_64!($ty, acc, a, b, accumulate, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31]) }
+                unsafe { wgmma_ss_64!($ty, acc, a, b, accumulate, OFF, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31]) }
             }
             #[inline(always)]
-            unsafe fn wgmma_m64n256k16_rs_tb(acc: &mut [f32; 128], a: [u32; 4], b: u64) {
+            unsafe fn wgmma_m64n256k16_rs_tb<const B_OFF: u64>(acc: &mut [f32; 128], a: [u32; 4], b: u64) {
                 // SAFETY: forwarded.
-                unsafe { wgmma_rs_256!($ty, acc, a, b, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127]) }
+                unsafe { wgmma_rs_256!($ty, acc, a, b, B_OFF, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127]) }
             }
             #[inline(always)]
-            unsafe fn wgmma_m64n256k16_ss_tb(acc: &mut [f32; 128], a: u64, b: u64) {
+            unsafe fn wgmma_m64n256k16_ss_tb<const A_OFF: u64, const B_OFF: u64>(acc: &mut [f32; 128], a: u64, b: u64) {
                 // SAFETY: forwarded.
-                unsafe { wgmma_ss_256!($ty, acc, a, b, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127]) }
+                unsafe { wgmma_ss_256!($ty, acc, a, b, A_OFF, B_OFF, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127]) }
             }
         }
     };

@@ -35,12 +35,17 @@ pub mod smem {
     pub const TOTAL: usize = ROW_SUM + 2 * BLOCK_SIZE_M * 4;
 }
 
-/// Warps of a combine CTA; one warp merges one query row.
+/// Warps of a combine CTA.
 pub const COMBINE_WARPS: u32 = 8;
 /// Threads per combine CTA.
 pub const COMBINE_THREADS: u32 = COMBINE_WARPS * 32;
-/// Output columns each lane of a combine warp owns (4 float4 loads).
-pub const COMBINE_COLS_PER_LANE: usize = HEAD_DIM_V / 32;
+/// Warps that merge one query row, each over `HEAD_DIM_V / COMBINE_WARPS_PER_ROW` columns: a small
+/// batch has few rows, and one warp per row left most SMs idle (b = 1, h_q = 128: 16 CTAs).
+pub const COMBINE_WARPS_PER_ROW: usize = 4;
+/// Output columns each lane of a combine warp owns (one float4).
+pub const COMBINE_COLS_PER_LANE: usize = HEAD_DIM_V / 32 / COMBINE_WARPS_PER_ROW;
+/// Splits whose partials a combine warp loads before it accumulates any (loads in flight per lane).
+pub const COMBINE_SPLITS_IN_FLIGHT: usize = 8;
 
 const _: () = assert!(PAGE_BLOCK_SIZE.is_multiple_of(KV_TILE) && KV_TILE == 32);
 const _: () = assert!(BLOCK_SIZE_M == 64 && DECODE_THREADS == 256);
@@ -52,4 +57,5 @@ const _: () = assert!(
 const _: () = assert!(
     smem::KV.is_multiple_of(128) && smem::P.is_multiple_of(16) && smem::ROW_MAX.is_multiple_of(16)
 );
-const _: () = assert!(COMBINE_COLS_PER_LANE == 16);
+const _: () =
+    assert!(COMBINE_COLS_PER_LANE == 4 && COMBINE_WARPS as usize % COMBINE_WARPS_PER_ROW == 0);
