@@ -558,6 +558,8 @@ impl FlashMla {
                 common: decode,
                 k_tensor_map: encode_kv_tensor_map(&decode, launch.dtype)?,
                 tensor_map_slots,
+                schedule_flags: sm90_schedule_flags(),
+                pad: 0,
             };
             let decode_fn = match launch.dtype {
                 DType::Bf16 => bf16_fn,
@@ -592,6 +594,18 @@ impl FlashMla {
             launch::launch(combine_fn.cu_function(), stream, &combine_config, &combine)
         }
     }
+}
+
+/// Schedule variant of the Hopper kernel: `FLASHMLA_SM90_SCHEDULE` (an integer of `SM90_*` flag
+/// bits) overrides the default, for measuring the variants side by side.
+fn sm90_schedule_flags() -> u32 {
+    static FLAGS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *FLAGS.get_or_init(|| {
+        std::env::var("FLASHMLA_SM90_SCHEDULE")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// Encodes the KV cache as the Hopper kernel's TMA tensor map: a 4-D tensor (576 columns, 64 tokens,

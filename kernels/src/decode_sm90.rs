@@ -24,7 +24,7 @@ use crate::arch;
 use crate::hopper::{self as hw, WgmmaElement};
 use crate::unroll;
 use flashmla_abi::{
-    part_range, sched_num_blocks, sm90_smem as smem, DecodingSchedMeta, Sm90DecodeParams, BLOCK_SIZE_M, HEAD_DIM_K,
+    part_range, sched_num_blocks, sm90_smem as smem, DecodingSchedMeta, Sm90DecodeParams, BLOCK_SIZE_M, HEAD_DIM_K, SM90_LAG_PV_R,
     HEAD_DIM_V, K_TILES, PAGE_BLOCK_SIZE, SM90_THREADS, TILE_BYTES, TILE_COLS, V_TILES_PER_WARPGROUP,
     WARPGROUP_THREADS,
 };
@@ -107,6 +107,7 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
     let (s_scale, s_sum) =
         unsafe { (smem_ptr.add(smem::ROW_SCALE) as *mut f32, smem_ptr.add(smem::ROW_SUM) as *mut f32) };
 
+    let lag_pv_r = params.schedule_flags & SM90_LAG_PV_R != 0;
     let rows = p.q_seq_per_hk as u32;
     let m_blocks = rows.div_ceil(BLOCK_SIZE_M as u32) as usize;
     let cta_linear = m_block + m_blocks * (kv_head + p.num_heads_kv as usize * part);
@@ -286,12 +287,14 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                     // SAFETY: warpgroup-uniform; descriptors address the Q tiles and the landed K tiles.
                     unsafe {
                         let (a, k) = (k_major_desc(q_addr), k_major_desc(kv_addr(buf)));
-                        unroll!(T in [0, 1, 2, 3, 4, 5, 6, 7, 8] {
+                        // Tiles in the order their buffers are refilled: 8 (right after Q·Kᵀ), 0..4 (after
+                        // P·V_L), 4..8 (after P·V_R, the latest).
+                        unroll!(T in [8, 0, 1, 2, 3, 4, 5, 6, 7] {
                             hw::mbarrier_wait_at::<{ (T * 8) as u32 }>(bar(buf, 0), parity);
                             hw::wgmma_fence_32(&mut $acc_s);
                             unroll!(KS in [0, 1, 2, 3] {
                                 E::wgmma_m64n64k16_ss::<{ ((T * TILE_BYTES + KS * 32) / 16) as u64 }>(
-                                    &mut $acc_s, a, k, (T + KS > 0) as u32,
+                                    &mut $acc_s, a, k, (T != 8 || KS > 0) as u32,
                                 );
                             });
                         });
@@ -382,8 +385,10 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                     }
                 }
                 hw::fence_proxy_async_shared();
-                // SAFETY: warpgroup 1 waits on it once per block.
-                unsafe { hw::named_barrier_arrive(BAR_P_READY, CTA) };
+                if !lag_pv_r {
+                    // SAFETY: warpgroup 1 waits on it once per block.
+                    unsafe { hw::named_barrier_arrive(BAR_P_READY, CTA) };
+                }
 
                 if j + 1 == n_blocks && tok_end - blk_tok < PAGE_BLOCK_SIZE as i32 {
                     zero_oob_v_rows(buf, blk_tok);
@@ -421,6 +426,12 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                 } else {
                     // SAFETY: warpgroup-uniform.
                     unsafe { hw::wgmma_wait_128::<0>(&mut acc_o) };
+                }
+                if lag_pv_r {
+                    // P(j) has been in shared memory since before P·V_L(j); releasing warpgroup 1 only now
+                    // puts its P·V_R(j) under this warpgroup's softmax of block j + 1.
+                    // SAFETY: warpgroup 1 waits on it once per block.
+                    unsafe { hw::named_barrier_arrive(BAR_P_READY, CTA) };
                 }
             }
             // Full row sums (the quad's four lanes) for the epilogue of both warpgroups.
@@ -491,49 +502,80 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
 
         // ---- epilogue (FlashMLA store_o): each warpgroup stores its 256 columns ----------------------------
         let split = if is_split { (unsafe { *num_splits.add(b) } + split_idx) as usize } else { 0 };
+        let split_row0 = (split * p.num_heads_kv as usize + kv_head) * rows as usize + row_base as usize;
+        let mut inv = [0.0f32; 2];
         unroll!(H in [0, 1] {
-            let local = row0 + 8 * H;
             let sum = row_sum[H];
             // FlashMLA: L == 0 or NaN → the row attended nothing: zero output, lse +inf (or −inf partial).
             let empty = !(sum > 0.0);
-            let inv = if empty { 0.0 } else { arch::rcp(sum) };
-            let r = row_base + local as u32;
-            if r < rows {
-                let t = r / hpk;
-                let head = kv_head as u32 * hpk + r % hpk;
-                let col0 = wg * (HEAD_DIM_V / 2) + 2 * tig;
+            inv[H] = if empty { 0.0 } else { arch::rcp(sum) };
+            let r = row_base + (row0 + 8 * H) as u32;
+            if wg == 0 && tig == 0 && r < rows {
                 if is_split {
-                    let row_idx = (split * p.num_heads_kv as usize + kv_head) * rows as usize + r as usize;
-                    let o = p.o_accum as *mut f32;
-                    unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
-                        // SAFETY: split slot < total splits; 8-byte aligned (even column).
-                        unsafe {
-                            *(o.add(row_idx * HEAD_DIM_V + col0 + N * 8) as *mut [f32; 2]) =
-                                [acc_o[4 * N + 2 * H] * inv, acc_o[4 * N + 2 * H + 1] * inv];
-                        }
-                    });
-                    if wg == 0 && tig == 0 {
-                        let lse2 = if empty { f32::NEG_INFINITY } else { arch::log2(sum) + row_max[H] };
-                        // SAFETY: split slot < total splits.
-                        unsafe { *(p.lse_accum as *mut f32).add(row_idx) = lse2 };
-                    }
+                    let lse2 = if empty { f32::NEG_INFINITY } else { arch::log2(sum) + row_max[H] };
+                    // SAFETY: split slot < total splits.
+                    unsafe { *(p.lse_accum as *mut f32).add(split_row0 + row0 + 8 * H) = lse2 };
                 } else {
-                    // SAFETY: validated strides address out[b, t, head, :].
-                    let out = unsafe { (p.output.out as *mut u16).offset(p.output.out_offset(b, t, head)) };
-                    unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
-                        // SAFETY: inside out's row; 4-byte aligned (even column, validated strides).
-                        unsafe {
-                            *(out.add(col0 + N * 8) as *mut u32) = E::pack(acc_o[4 * N + 2 * H] * inv, acc_o[4 * N + 2 * H + 1] * inv);
-                        }
-                    });
-                    if wg == 0 && tig == 0 {
-                        let lse = if empty { f32::INFINITY } else { (arch::log2(sum) + row_max[H]) * LN_2 };
-                        // SAFETY: validated strides address lse[b, head, t].
-                        unsafe { *(p.output.lse as *mut f32).offset(p.output.lse_offset(b, t, head)) = lse };
-                    }
+                    let lse = if empty { f32::INFINITY } else { (arch::log2(sum) + row_max[H]) * LN_2 };
+                    // SAFETY: validated strides address lse[b, head, t].
+                    unsafe {
+                        *(p.output.lse as *mut f32)
+                            .offset(p.output.lse_offset(b, r / hpk, kv_head as u32 * hpk + r % hpk)) = lse
+                    };
                 }
             }
         });
+        let col0 = wg * (HEAD_DIM_V / 2) + 2 * tig;
+        if is_split {
+            // f32 partials: staged in shared memory (the KV buffers, free once both warpgroups' last
+            // wgmmas are done: hence the barrier), then one 2 KB bulk copy per row by the copy engine,
+            // instead of 64 scattered 8-byte stores per thread.
+            // SAFETY: every thread reaches it.
+            unsafe { arch::sync_threads() };
+            unroll!(H in [0, 1] {
+                let row_off = smem::KV + (row0 + 8 * H) * smem::O_STAGE_ROW_BYTES + col0 * 4;
+                unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
+                    // SAFETY: inside the staging tile (64 rows × O_STAGE_ROW_BYTES in the KV buffers); 8-byte aligned.
+                    unsafe {
+                        *(smem_ptr.add(row_off + N * 32) as *mut [f32; 2]) =
+                            [acc_o[4 * N + 2 * H] * inv[H], acc_o[4 * N + 2 * H + 1] * inv[H]];
+                    }
+                });
+            });
+            hw::fence_proxy_async_shared();
+            // SAFETY: every thread reaches it.
+            unsafe { arch::sync_threads() };
+            if (tid as usize) < valid_rows {
+                // SAFETY: row tid of this m-block is a valid row; its split slot holds 512 f32 (16-byte
+                // aligned); the staged row was written and fenced before the barrier.
+                unsafe {
+                    hw::bulk_store(
+                        p.o_accum + ((split_row0 + tid as usize) * HEAD_DIM_V * 4) as u64,
+                        base + (smem::KV + tid as usize * smem::O_STAGE_ROW_BYTES) as u32,
+                        (HEAD_DIM_V * 4) as u32,
+                    )
+                };
+                // The staging tile is overwritten by the next request's TMA after the barrier below.
+                hw::bulk_commit_and_wait_read();
+            }
+        } else {
+            unroll!(H in [0, 1] {
+                let r = row_base + (row0 + 8 * H) as u32;
+                if r < rows {
+                    // SAFETY: validated strides address out[b, t, head, :].
+                    let out = unsafe {
+                        (p.output.out as *mut u16).offset(p.output.out_offset(b, r / hpk, kv_head as u32 * hpk + r % hpk))
+                    };
+                    unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
+                        // SAFETY: inside out's row; 4-byte aligned (even column, validated strides).
+                        unsafe {
+                            *(out.add(col0 + N * 8) as *mut u32) =
+                                E::pack(acc_o[4 * N + 2 * H] * inv[H], acc_o[4 * N + 2 * H + 1] * inv[H]);
+                        }
+                    });
+                }
+            });
+        }
         fills0 += n_blocks.div_ceil(2) as u32;
         fills1 += (n_blocks / 2) as u32;
         // Q, the KV buffers and the row sums are reused by the next request.

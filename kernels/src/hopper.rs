@@ -255,6 +255,32 @@ pub unsafe fn acquire_tensor_map(map: u64) {
     unsafe { asm!("fence.proxy.tensormap::generic.acquire.gpu [{m}], 128;", m = in(reg64) map, options(nostack)) }
 }
 
+/// `cp.async.bulk.global.shared::cta.bulk_group [dst], [src], bytes`: one bulk copy shared → global by
+/// the copy engine, completed with [`bulk_commit_and_wait_read`].
+///
+/// # Safety
+/// `dst` is 16-byte aligned global memory and `src` a 16-byte aligned shared address, both of `bytes`
+/// (a multiple of 16); the shared source was written before a `fence.proxy.async`.
+#[inline(always)]
+pub unsafe fn bulk_store(dst: u64, src: u32, bytes: u32) {
+    // SAFETY: forwarded.
+    unsafe {
+        asm!(
+            "cp.async.bulk.global.shared::cta.bulk_group [{d}], [{s}], {n};",
+            d = in(reg64) dst, s = in(reg32) src, n = in(reg32) bytes, options(nostack)
+        )
+    }
+}
+
+/// Commits this thread's bulk copies and waits until their shared-memory sources have been read
+/// (`cp.async.bulk.commit_group` + `cp.async.bulk.wait_group.read 0`): the source may be reused, and
+/// the global writes complete before the kernel does.
+#[inline(always)]
+pub fn bulk_commit_and_wait_read() {
+    // SAFETY: waits on this thread's own copies.
+    unsafe { asm!("cp.async.bulk.commit_group;", "cp.async.bulk.wait_group.read 0;", options(nostack)) }
+}
+
 /// `fence.proxy.async.shared::cta`: this thread's ordinary shared-memory writes become visible to the
 /// async proxy (wgmma operand reads, TMA).
 #[inline(always)]

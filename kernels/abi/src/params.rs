@@ -191,7 +191,16 @@ pub struct Sm90DecodeParams {
     pub k_tensor_map: TensorMapBytes,
     /// Device address of `grid size × 128` bytes, 64-byte aligned: one tensor-map slot per CTA.
     pub tensor_map_slots: u64,
+    /// Schedule variants of the kernel ([`SM90_LAG_PV_R`]).
+    pub schedule_flags: u32,
+    /// Padding; 0.
+    pub pad: u32,
 }
+
+/// [`Sm90DecodeParams::schedule_flags`] bit: warpgroup 1 computes `P·V_R` of block j while warpgroup 0
+/// does the softmax of block j + 1 (instead of alongside warpgroup 0's `P·V_L` of block j), so the
+/// tensor cores are not idle during the softmax.
+pub const SM90_LAG_PV_R: u32 = 1;
 
 // SAFETY: repr(C) over DeviceRecords and integers.
 unsafe impl DeviceRecord for Sm90DecodeParams {}
