@@ -57,5 +57,6 @@ const _: () = assert!(
 const _: () = assert!(
     smem::KV.is_multiple_of(128) && smem::P.is_multiple_of(16) && smem::ROW_MAX.is_multiple_of(16)
 );
-const _: () =
-    assert!(COMBINE_COLS_PER_LANE == 4 && COMBINE_WARPS as usize % COMBINE_WARPS_PER_ROW == 0);
+const _: () = assert!(
+    COMBINE_COLS_PER_LANE == 4 && (COMBINE_WARPS as usize).is_multiple_of(COMBINE_WARPS_PER_ROW)
+);
