@@ -130,7 +130,9 @@ pub unsafe fn warp_all(predicate: bool) -> bool {
 #[inline(always)]
 pub unsafe fn shfl_idx_f32(value: f32, lane: u32) -> f32 {
     // SAFETY: the caller guarantees warp-wide convergence.
-    f32::from_bits(unsafe { llvm_shfl_sync_idx_i32(FULL_WARP, value.to_bits() as i32, lane as i32, 0x1f) } as u32)
+    f32::from_bits(unsafe {
+        llvm_shfl_sync_idx_i32(FULL_WARP, value.to_bits() as i32, lane as i32, 0x1f)
+    } as u32)
 }
 
 /// Butterfly sum of an `i64` over the 32 lanes of a warp (two 32-bit shuffles per step).
@@ -247,7 +249,9 @@ pub unsafe fn ldmatrix_x4_trans<const OFFSET: u32>(addr: u32) -> [u32; 4] {
 pub fn exp2(x: f32) -> f32 {
     let r: f32;
     // SAFETY: pure arithmetic.
-    unsafe { core::arch::asm!("ex2.approx.ftz.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x, options(pure, nomem, nostack)) };
+    unsafe {
+        core::arch::asm!("ex2.approx.ftz.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x, options(pure, nomem, nostack))
+    };
     r
 }
 
@@ -256,7 +260,9 @@ pub fn exp2(x: f32) -> f32 {
 pub fn log2(x: f32) -> f32 {
     let r: f32;
     // SAFETY: pure arithmetic.
-    unsafe { core::arch::asm!("lg2.approx.ftz.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x, options(pure, nomem, nostack)) };
+    unsafe {
+        core::arch::asm!("lg2.approx.ftz.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x, options(pure, nomem, nostack))
+    };
     r
 }
 
@@ -265,7 +271,9 @@ pub fn log2(x: f32) -> f32 {
 pub fn rcp(x: f32) -> f32 {
     let r: f32;
     // SAFETY: pure arithmetic.
-    unsafe { core::arch::asm!("rcp.rn.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x, options(pure, nomem, nostack)) };
+    unsafe {
+        core::arch::asm!("rcp.rn.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x, options(pure, nomem, nostack))
+    };
     r
 }
 
@@ -345,8 +353,16 @@ macro_rules! element {
     };
 }
 
-element!(Bf16, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", "cvt.rn.bf16x2.f32");
-element!(F16, "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", "cvt.rn.f16x2.f32");
+element!(
+    Bf16,
+    "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+    "cvt.rn.bf16x2.f32"
+);
+element!(
+    F16,
+    "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+    "cvt.rn.f16x2.f32"
+);
 
 /// Expands `$body` once per listed value with `$i` bound as a `const usize`, so register arrays are only
 /// ever indexed by constants (a run-time index would move them to local memory).

@@ -6,7 +6,8 @@
 use crate::arch::{self, Element};
 use crate::unroll;
 use flashmla_abi::{
-    CombineParams, COMBINE_COLS_PER_LANE, COMBINE_SPLITS_IN_FLIGHT, COMBINE_WARPS, COMBINE_WARPS_PER_ROW, HEAD_DIM_V,
+    CombineParams, COMBINE_COLS_PER_LANE, COMBINE_SPLITS_IN_FLIGHT, COMBINE_WARPS,
+    COMBINE_WARPS_PER_ROW, HEAD_DIM_V,
 };
 
 const LN_2: f32 = core::f32::consts::LN_2;
@@ -25,7 +26,8 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
     let rows = p.q_seq_per_hk as usize;
     let flat_warp = arch::block_idx_x() as usize * COMBINE_WARPS as usize + warp;
     let flat_row = flat_warp / COMBINE_WARPS_PER_ROW;
-    let col = (flat_warp % COMBINE_WARPS_PER_ROW) * (HEAD_DIM_V / COMBINE_WARPS_PER_ROW) + lane * COMBINE_COLS_PER_LANE;
+    let col = (flat_warp % COMBINE_WARPS_PER_ROW) * (HEAD_DIM_V / COMBINE_WARPS_PER_ROW)
+        + lane * COMBINE_COLS_PER_LANE;
     // The partials come from the decode kernel just before this one (PDL).
     arch::grid_dependency_wait();
     if flat_row >= p.num_heads_kv as usize * rows {
@@ -33,7 +35,12 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
     }
     let num_splits = p.num_splits as *const i32;
     // SAFETY: b < batch_size.
-    let (first, count) = unsafe { (*num_splits.add(b), *num_splits.add(b + 1) - *num_splits.add(b)) };
+    let (first, count) = unsafe {
+        (
+            *num_splits.add(b),
+            *num_splits.add(b + 1) - *num_splits.add(b),
+        )
+    };
     if count <= 1 {
         return;
     }
@@ -44,7 +51,13 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
     let slot = |s: usize| ((first + s) * h_kv + kv_head) * rows + r;
     let lse_accum = p.lse_accum as *const f32;
     // SAFETY (both closures): s < count, so slot(s) < total splits · h_kv · rows.
-    let lse_of = |s: usize| if s < count { unsafe { *lse_accum.add(slot(s)) } } else { f32::NEG_INFINITY };
+    let lse_of = |s: usize| {
+        if s < count {
+            unsafe { *lse_accum.add(slot(s)) }
+        } else {
+            f32::NEG_INFINITY
+        }
+    };
 
     // Global base-2 lse of the row from the per-split lse (lanes stride over splits).
     let mut max = f32::NEG_INFINITY;
@@ -71,7 +84,11 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
         sum += unsafe { arch::shfl_xor_f32(sum, off) };
         off /= 2;
     }
-    let lse2 = if !(sum > 0.0) { f32::INFINITY } else { arch::log2(sum) + reference };
+    let lse2 = if !(sum > 0.0) {
+        f32::INFINITY
+    } else {
+        arch::log2(sum) + reference
+    };
 
     // out = Σ_s exp2(lse_s − lse) · o_s. Lane s of a 32-split chunk holds split s's weight; the partials
     // of COMBINE_SPLITS_IN_FLIGHT splits are loaded before any is accumulated, so that many 16-byte
@@ -115,4 +132,7 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
     arch::launch_dependents();
 }
 
-const _: () = assert!(COMBINE_SPLITS_IN_FLIGHT == 8, "the unrolled split loop above is written for 8");
+const _: () = assert!(
+    COMBINE_SPLITS_IN_FLIGHT == 8,
+    "the unrolled split loop above is written for 8"
+);

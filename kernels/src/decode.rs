@@ -20,8 +20,8 @@ use crate::unroll;
 // The unrolled k-steps below are written out: 36 of QKᵀ over the 576 head columns, 2 of PV over a tile.
 const _: () = assert!(HEAD_DIM_K / 16 == 36 && KV_TILE / 16 == 2);
 use flashmla_abi::{
-    part_range, sched_num_blocks, smem, DecodeParams, DecodingSchedMeta, BLOCK_SIZE_M, HEAD_DIM_K, HEAD_DIM_V,
-    KV_STAGES, KV_TILE, PAGE_BLOCK_SIZE, P_ROW, ROW_CHUNKS, SMEM_ROW,
+    part_range, sched_num_blocks, smem, DecodeParams, DecodingSchedMeta, BLOCK_SIZE_M, HEAD_DIM_K,
+    HEAD_DIM_V, KV_STAGES, KV_TILE, PAGE_BLOCK_SIZE, P_ROW, ROW_CHUNKS, SMEM_ROW,
 };
 
 const THREADS: usize = flashmla_abi::DECODE_THREADS as usize;
@@ -48,7 +48,14 @@ struct Lane {
 /// zero-filled and nothing is read for them (`zero_src` is only a valid global address to name in the
 /// zero-byte copy).
 #[inline(always)]
-unsafe fn load_rows(dst: *mut u16, rows: usize, warp: usize, lane: usize, zero_src: *const u16, src: impl Fn(usize) -> Option<*const u16>) {
+unsafe fn load_rows(
+    dst: *mut u16,
+    rows: usize,
+    warp: usize,
+    lane: usize,
+    zero_src: *const u16,
+    src: impl Fn(usize) -> Option<*const u16>,
+) {
     const WARPS: usize = THREADS / 32;
     let mut row = warp;
     while row < rows {
@@ -61,7 +68,11 @@ unsafe fn load_rows(dst: *mut u16, rows: usize, warp: usize, lane: usize, zero_s
         while chunk < ROW_CHUNKS {
             // SAFETY: chunk < 72 stays inside the 576-element row on both sides.
             unsafe {
-                let from = if bytes == 0 { from } else { from.add(chunk * 8) };
+                let from = if bytes == 0 {
+                    from
+                } else {
+                    from.add(chunk * 8)
+                };
                 arch::cp_async_16(d + ((chunk - lane) * 16) as u32, from as *const u8, bytes)
             };
             chunk += 32;
@@ -81,7 +92,13 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
     let tid = arch::thread_idx_x() as usize;
     let lane_id = tid % 32;
     let warp = tid / 32;
-    let me = Lane { lane: lane_id, group: lane_id / 4, tig: lane_id % 4, warp_row: (warp % 4) * 16, half: warp / 4 };
+    let me = Lane {
+        lane: lane_id,
+        group: lane_id / 4,
+        tig: lane_id % 4,
+        warp_row: (warp % 4) * 16,
+        half: warp / 4,
+    };
     let m_block = arch::block_idx_x() as usize;
     let kv_head = arch::block_idx_y() as usize;
     let part = arch::block_idx_z() as usize;
@@ -89,7 +106,8 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
     // The schedule and the lengths may come from the kernel just before this one (PDL).
     arch::grid_dependency_wait();
     // SAFETY: part < num_sm_parts (grid z).
-    let meta: DecodingSchedMeta = unsafe { *(p.tile_scheduler_metadata as *const DecodingSchedMeta).add(part) };
+    let meta: DecodingSchedMeta =
+        unsafe { *(p.tile_scheduler_metadata as *const DecodingSchedMeta).add(part) };
     if meta.begin_req_idx >= p.batch_size {
         return;
     }
@@ -110,7 +128,11 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
     let rows = p.q_seq_per_hk as u32;
     let hpk = p.heads_per_kv as u32;
     let row_base = (m_block * BLOCK_SIZE_M) as u32;
-    let valid_rows = if rows > row_base { (rows - row_base).min(BLOCK_SIZE_M as u32) as usize } else { 0 };
+    let valid_rows = if rows > row_base {
+        (rows - row_base).min(BLOCK_SIZE_M as u32) as usize
+    } else {
+        0
+    };
     let seqlens = p.seqlens_k as *const i32;
     let num_splits = p.num_splits as *const i32;
 
@@ -121,7 +143,8 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
         // Tokens past the block table are never read (the host refuses such batches when it can see the
         // lengths; this bound keeps the kernel memory-safe when it cannot).
         let seqlen = seqlen.min(p.max_blocks_per_seq.saturating_mul(PAGE_BLOCK_SIZE as i32));
-        let (start_blk, end_blk, split_idx, is_split) = part_range(&meta, req, sched_num_blocks(seqlen));
+        let (start_blk, end_blk, split_idx, is_split) =
+            part_range(&meta, req, sched_num_blocks(seqlen));
         let tok_begin = start_blk * PAGE_BLOCK_SIZE as i32;
         let mut tok_end = (end_blk * PAGE_BLOCK_SIZE as i32).min(seqlen);
 
@@ -137,8 +160,15 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
         if valid_rows > 0 {
             tok_end = tok_end.min(limit(valid_rows - 1));
         }
-        let n_tiles = if tok_end > tok_begin { ((tok_end - tok_begin) as usize).div_ceil(KV_TILE) } else { 0 };
-        let row_limit = [limit(me.warp_row + me.group), limit(me.warp_row + me.group + 8)];
+        let n_tiles = if tok_end > tok_begin {
+            ((tok_end - tok_begin) as usize).div_ceil(KV_TILE)
+        } else {
+            0
+        };
+        let row_limit = [
+            limit(me.warp_row + me.group),
+            limit(me.warp_row + me.group + 8),
+        ];
         let warp_active = me.warp_row < valid_rows;
 
         // ---- prologue: Q tile and the first KV tile -------------------------------------------------
@@ -165,17 +195,24 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
             let first = tok_begin as usize + tile * KV_TILE;
             // SAFETY: the stage buffer holds KV_TILE rows; a valid page id addresses rows of the cache.
             unsafe {
-                load_rows(s_kv.add((tile % KV_STAGES) * KV_TILE * SMEM_ROW), KV_TILE, warp, lane_id, q_base, |row| {
-                    let token = first + row;
-                    let page = page?;
-                    (token < tok_end as usize).then(|| {
-                        (p.k_cache as *const u16).offset(
-                            page as isize * p.k_page_stride as isize
-                                + (token % PAGE_BLOCK_SIZE) as isize * p.k_row_stride as isize
-                                + kv_head as isize * p.k_head_stride as isize,
-                        )
-                    })
-                })
+                load_rows(
+                    s_kv.add((tile % KV_STAGES) * KV_TILE * SMEM_ROW),
+                    KV_TILE,
+                    warp,
+                    lane_id,
+                    q_base,
+                    |row| {
+                        let token = first + row;
+                        let page = page?;
+                        (token < tok_end as usize).then(|| {
+                            (p.k_cache as *const u16).offset(
+                                page as isize * p.k_page_stride as isize
+                                    + (token % PAGE_BLOCK_SIZE) as isize * p.k_row_stride as isize
+                                    + kv_head as isize * p.k_head_stride as isize,
+                            )
+                        })
+                    },
+                )
             }
         };
         let mut next_page = if n_tiles > 1 { tile_page(1) } else { None };
@@ -192,7 +229,11 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
         for tile in 0..n_tiles {
             if tile + 1 < n_tiles {
                 load_tile(tile + 1, next_page);
-                next_page = if tile + 2 < n_tiles { tile_page(tile + 2) } else { None };
+                next_page = if tile + 2 < n_tiles {
+                    tile_page(tile + 2)
+                } else {
+                    None
+                };
             }
             arch::cp_async_commit();
             arch::cp_async_wait::<1>();
@@ -202,22 +243,27 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
 
             // S = Q·Kᵀ for the warp's 16 rows × 16 tokens.
             let mut acc_s = [[0.0f32; 4]; 2];
-            let q_addr = arch::smem_addr(unsafe { s_q.add((me.warp_row + me.lane % 16) * SMEM_ROW + (me.lane / 16) * 8) });
+            let q_addr = arch::smem_addr(unsafe {
+                s_q.add((me.warp_row + me.lane % 16) * SMEM_ROW + (me.lane / 16) * 8)
+            });
             let k_addr = arch::smem_addr(unsafe {
-                s_k.add((me.half * 16 + me.lane % 8 + (me.lane / 16) * 8) * SMEM_ROW + ((me.lane / 8) % 2) * 8)
+                s_k.add(
+                    (me.half * 16 + me.lane % 8 + (me.lane / 16) * 8) * SMEM_ROW
+                        + ((me.lane / 8) % 2) * 8,
+                )
             });
             // Warps whose 16 rows are all padding (fewer than 64 query rows per KV head) skip their MMAs:
             // with zero Q rows their scores are 0 either way, and their outputs are never stored.
             if warp_active {
-            unroll!(KK in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35] {
-                // SAFETY: warp-uniform; addresses inside the Q and K tiles (16 columns = 32 bytes a step).
-                unsafe {
-                    let a = arch::ldmatrix_x4::<{ (KK * 32) as u32 }>(q_addr);
-                    let bk = arch::ldmatrix_x4::<{ (KK * 32) as u32 }>(k_addr);
-                    E::mma(&mut acc_s[0], a, bk[0], bk[1]);
-                    E::mma(&mut acc_s[1], a, bk[2], bk[3]);
-                }
-            });
+                unroll!(KK in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35] {
+                    // SAFETY: warp-uniform; addresses inside the Q and K tiles (16 columns = 32 bytes a step).
+                    unsafe {
+                        let a = arch::ldmatrix_x4::<{ (KK * 32) as u32 }>(q_addr);
+                        let bk = arch::ldmatrix_x4::<{ (KK * 32) as u32 }>(k_addr);
+                        E::mma(&mut acc_s[0], a, bk[0], bk[1]);
+                        E::mma(&mut acc_s[1], a, bk[2], bk[3]);
+                    }
+                });
             }
 
             // Scale to base 2, mask, and take the row maxima of the warp's half.
@@ -240,7 +286,10 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
                 }
                 if me.tig == 0 {
                     // SAFETY: inside the 2×64 row-max array.
-                    unsafe { *s_max.add(me.half * BLOCK_SIZE_M + me.warp_row + me.group + 8 * h) = part_max[h] };
+                    unsafe {
+                        *s_max.add(me.half * BLOCK_SIZE_M + me.warp_row + me.group + 8 * h) =
+                            part_max[h]
+                    };
                 }
             }
             unsafe { arch::sync_threads() };
@@ -254,7 +303,11 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
                 let tile_max = unsafe { (*s_max.add(r)).max(*s_max.add(BLOCK_SIZE_M + r)) };
                 let new_max = row_max[h].max(tile_max);
                 // A row with no key so far keeps max −inf; use 0 as its reference so no inf − inf appears.
-                m_ref[h] = if new_max == f32::NEG_INFINITY { 0.0 } else { new_max };
+                m_ref[h] = if new_max == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    new_max
+                };
                 alpha[h] = arch::exp2(row_max[h] - m_ref[h]);
                 row_max[h] = new_max;
                 row_sum[h] *= alpha[h];
@@ -283,22 +336,28 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
             unsafe { arch::sync_threads() };
 
             // O += P·V for the warp's 16 rows × 256 columns; V rows are the K tile's first 512 columns.
-            let p_addr = arch::smem_addr(unsafe { s_p.add((me.warp_row + me.lane % 16) * P_ROW + (me.lane / 16) * 8) });
+            let p_addr = arch::smem_addr(unsafe {
+                s_p.add((me.warp_row + me.lane % 16) * P_ROW + (me.lane / 16) * 8)
+            });
             let v_addr = arch::smem_addr(unsafe {
-                s_k.add((me.lane % 8 + ((me.lane / 8) % 2) * 8) * SMEM_ROW + me.half * (HEAD_DIM_V / 2) + (me.lane / 16) * 8)
+                s_k.add(
+                    (me.lane % 8 + ((me.lane / 8) % 2) * 8) * SMEM_ROW
+                        + me.half * (HEAD_DIM_V / 2)
+                        + (me.lane / 16) * 8,
+                )
             });
             if warp_active {
-            unroll!(KK in [0, 1] {
-                // SAFETY: warp-uniform; addresses inside the P and K tiles (16 tokens a step).
-                let a = unsafe { arch::ldmatrix_x4::<{ (KK * 32) as u32 }>(p_addr) };
-                unroll!(NP in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
-                    unsafe {
-                        let bv = arch::ldmatrix_x4_trans::<{ (KK * 16 * SMEM_ROW * 2 + NP * 32) as u32 }>(v_addr);
-                        E::mma(&mut acc_o[2 * NP], a, bv[0], bv[1]);
-                        E::mma(&mut acc_o[2 * NP + 1], a, bv[2], bv[3]);
-                    }
+                unroll!(KK in [0, 1] {
+                    // SAFETY: warp-uniform; addresses inside the P and K tiles (16 tokens a step).
+                    let a = unsafe { arch::ldmatrix_x4::<{ (KK * 32) as u32 }>(p_addr) };
+                    unroll!(NP in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+                        unsafe {
+                            let bv = arch::ldmatrix_x4_trans::<{ (KK * 16 * SMEM_ROW * 2 + NP * 32) as u32 }>(v_addr);
+                            E::mma(&mut acc_o[2 * NP], a, bv[0], bv[1]);
+                            E::mma(&mut acc_o[2 * NP + 1], a, bv[2], bv[3]);
+                        }
+                    });
                 });
-            });
             }
             // The stage and the P tile are overwritten next iteration.
             unsafe { arch::sync_threads() };
@@ -313,11 +372,17 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
             }
             if me.tig == 0 {
                 // SAFETY: inside the 2×64 row-sum array.
-                unsafe { *s_sum.add(me.half * BLOCK_SIZE_M + me.warp_row + me.group + 8 * h) = row_sum[h] };
+                unsafe {
+                    *s_sum.add(me.half * BLOCK_SIZE_M + me.warp_row + me.group + 8 * h) = row_sum[h]
+                };
             }
         }
         unsafe { arch::sync_threads() };
-        let split = if is_split { (unsafe { *num_splits.add(b) } + split_idx) as usize } else { 0 };
+        let split = if is_split {
+            (unsafe { *num_splits.add(b) } + split_idx) as usize
+        } else {
+            0
+        };
         unroll!(H in [0, 1] {
             let local = me.warp_row + me.group + 8 * H;
             // SAFETY: inside the row-sum array.
@@ -376,6 +441,9 @@ fn page_of(p: &DecodeParams, b: usize, token: usize) -> Option<i32> {
         return None;
     }
     // SAFETY: b < batch_size and column < max_blocks_per_seq.
-    let page = unsafe { *(p.block_table as *const i32).offset(b as isize * p.block_table_stride as isize + column as isize) };
+    let page = unsafe {
+        *(p.block_table as *const i32)
+            .offset(b as isize * p.block_table_stride as isize + column as isize)
+    };
     (0..p.num_blocks).contains(&page).then_some(page)
 }

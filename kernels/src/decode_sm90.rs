@@ -24,9 +24,9 @@ use crate::arch;
 use crate::hopper::{self as hw, WgmmaElement};
 use crate::unroll;
 use flashmla_abi::{
-    part_range, sched_num_blocks, sm90_smem as smem, DecodingSchedMeta, Sm90DecodeParams, BLOCK_SIZE_M, HEAD_DIM_K, SM90_LAG_PV_R,
-    HEAD_DIM_V, K_TILES, PAGE_BLOCK_SIZE, SM90_THREADS, TILE_BYTES, TILE_COLS, V_TILES_PER_WARPGROUP,
-    WARPGROUP_THREADS,
+    part_range, sched_num_blocks, sm90_smem as smem, DecodingSchedMeta, Sm90DecodeParams,
+    BLOCK_SIZE_M, HEAD_DIM_K, HEAD_DIM_V, K_TILES, PAGE_BLOCK_SIZE, SM90_LAG_PV_R, SM90_THREADS,
+    TILE_BYTES, TILE_COLS, V_TILES_PER_WARPGROUP, WARPGROUP_THREADS,
 };
 
 const CTA: u32 = SM90_THREADS;
@@ -46,7 +46,8 @@ const BAR_ROW_SUM: u32 = 3;
 /// Inside warpgroup 0 (4) / 1 (5): out-of-range V rows have been zeroed.
 const BAR_WG_ZEROED: u32 = 4;
 
-const _: () = assert!(TILE_COLS == 64 && K_TILES == 9 && V_TILES_PER_WARPGROUP == 4 && HEAD_DIM_V == 512);
+const _: () =
+    assert!(TILE_COLS == 64 && K_TILES == 9 && V_TILES_PER_WARPGROUP == 4 && HEAD_DIM_V == 512);
 const _: () = assert!(PAGE_BLOCK_SIZE == 64 && BLOCK_SIZE_M == 64 && Q_ROW_CHUNKS == 72);
 
 /// Alignment of the dynamic shared memory: the 128-byte swizzle repeats every 1024 bytes.
@@ -104,8 +105,12 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
     let kv_addr = |buf: usize| base + (smem::KV + buf * smem::KV_BUFFER) as u32;
     let bar = |buf: usize, tile: usize| base + (smem::BARRIERS + (buf * K_TILES + tile) * 8) as u32;
     // SAFETY: offsets from the shared plan, inside sm90_smem::TOTAL bytes.
-    let (s_scale, s_sum) =
-        unsafe { (smem_ptr.add(smem::ROW_SCALE) as *mut f32, smem_ptr.add(smem::ROW_SUM) as *mut f32) };
+    let (s_scale, s_sum) = unsafe {
+        (
+            smem_ptr.add(smem::ROW_SCALE) as *mut f32,
+            smem_ptr.add(smem::ROW_SUM) as *mut f32,
+        )
+    };
 
     let lag_pv_r = params.schedule_flags & SM90_LAG_PV_R != 0;
     let rows = p.q_seq_per_hk as u32;
@@ -131,14 +136,19 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
     // The schedule and the lengths may come from the kernel just before this one (PDL).
     arch::grid_dependency_wait();
     // SAFETY: part < num_sm_parts (grid z).
-    let meta: DecodingSchedMeta = unsafe { *(p.tile_scheduler_metadata as *const DecodingSchedMeta).add(part) };
+    let meta: DecodingSchedMeta =
+        unsafe { *(p.tile_scheduler_metadata as *const DecodingSchedMeta).add(part) };
     if meta.begin_req_idx >= p.batch_size {
         return;
     }
 
     let hpk = p.heads_per_kv as u32;
     let row_base = (m_block * BLOCK_SIZE_M) as u32;
-    let valid_rows = if rows > row_base { (rows - row_base).min(BLOCK_SIZE_M as u32) as usize } else { 0 };
+    let valid_rows = if rows > row_base {
+        (rows - row_base).min(BLOCK_SIZE_M as u32) as usize
+    } else {
+        0
+    };
     let seqlens = p.seqlens_k as *const i32;
     let num_splits = p.num_splits as *const i32;
     // Completed fills of each KV buffer before the current request: the parity of its mbarriers' phase.
@@ -151,7 +161,8 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
         let seqlen = unsafe { *seqlens.add(b) }.max(0);
         // Tokens past the block table are never read.
         let seqlen = seqlen.min(p.max_blocks_per_seq.saturating_mul(PAGE_BLOCK_SIZE as i32));
-        let (start_blk, end_blk, split_idx, is_split) = part_range(&meta, req, sched_num_blocks(seqlen));
+        let (start_blk, end_blk, split_idx, is_split) =
+            part_range(&meta, req, sched_num_blocks(seqlen));
         let tok_begin = start_blk * PAGE_BLOCK_SIZE as i32;
         let mut tok_end = (end_blk * PAGE_BLOCK_SIZE as i32).min(seqlen);
         // Bottom-right causal border of a row: keys j < seqlen − (s_q − 1 − t) (FlashMLA get_mask_len).
@@ -166,14 +177,22 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
         if valid_rows > 0 {
             tok_end = tok_end.min(limit(valid_rows - 1));
         }
-        let n_blocks = if tok_end > tok_begin { ((tok_end - tok_begin) as usize).div_ceil(PAGE_BLOCK_SIZE) } else { 0 };
+        let n_blocks = if tok_end > tok_begin {
+            ((tok_end - tok_begin) as usize).div_ceil(PAGE_BLOCK_SIZE)
+        } else {
+            0
+        };
         let row_limit = [limit(row0), limit(row0 + 8)];
 
         // Page of block j; j < n_blocks, so its column is inside the block table. Ids outside the cache
         // are left to TMA, which reads them as zeros.
         let page_of_block = |j: usize| -> i32 {
             // SAFETY: b < batch_size, start_blk + j < ceil(tok_end / 64) <= max_blocks_per_seq.
-            unsafe { *(p.block_table as *const i32).offset(b as isize * p.block_table_stride as isize + start_blk as isize + j as isize) }
+            unsafe {
+                *(p.block_table as *const i32).offset(
+                    b as isize * p.block_table_stride as isize + start_blk as isize + j as isize,
+                )
+            }
         };
         let load_tile = |buf: usize, tile: usize, page: i32| {
             let bar = bar(buf, tile);
@@ -248,7 +267,11 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
             while idx < (PAGE_BLOCK_SIZE - valid) * 32 {
                 let row = valid + idx / 32;
                 let tile = first_tile + (idx % 32) / 8;
-                let off = smem::KV + buf * smem::KV_BUFFER + tile * TILE_BYTES + row * 128 + (idx % 8) * 16;
+                let off = smem::KV
+                    + buf * smem::KV_BUFFER
+                    + tile * TILE_BYTES
+                    + row * 128
+                    + (idx % 8) * 16;
                 // SAFETY: inside the KV buffer; a whole 128-byte row is cleared, whatever its swizzle.
                 unsafe { *(smem_ptr.add(off) as *mut [u32; 4]) = [0; 4] };
                 idx += WG as usize;
@@ -312,7 +335,11 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                 let buf = j % 2;
                 let refill = j + 2 < n_blocks;
                 // Read early: the table lookup's latency hides behind the softmax.
-                let refill_page = if tid == 0 && refill { page_of_block(j + 2) } else { 0 };
+                let refill_page = if tid == 0 && refill {
+                    page_of_block(j + 2)
+                } else {
+                    0
+                };
                 // Tile 8 (RoPE) has no other reader than Q·Kᵀ(j), which is done.
                 if tid == 0 && refill {
                     load_tile(buf, K_TILES - 1, refill_page);
@@ -346,7 +373,11 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                     }
                     let new_max = row_max[h].max(part_max[h]);
                     // A row with no key so far keeps max −inf; use 0 as its reference so no inf − inf appears.
-                    m_ref[h] = if new_max == f32::NEG_INFINITY { 0.0 } else { new_max };
+                    m_ref[h] = if new_max == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        new_max
+                    };
                     alpha[h] = arch::exp2(row_max[h] - m_ref[h]);
                     row_max[h] = new_max;
                     row_sum[h] *= alpha[h];
@@ -457,7 +488,11 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                 let buf = j % 2;
                 let parity = (if buf == 0 { fills0 } else { fills1 } + (j / 2) as u32) & 1;
                 let refill = j + 2 < n_blocks;
-                let refill_page = if wtid == 0 && refill { page_of_block(j + 2) } else { 0 };
+                let refill_page = if wtid == 0 && refill {
+                    page_of_block(j + 2)
+                } else {
+                    0
+                };
                 // SAFETY: warpgroup 0 arrives once per block.
                 unsafe { hw::named_barrier_sync(BAR_P_READY, CTA) };
                 // SAFETY: written by warpgroup 0 before the barrier.
@@ -501,8 +536,13 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
         }
 
         // ---- epilogue (FlashMLA store_o): each warpgroup stores its 256 columns ----------------------------
-        let split = if is_split { (unsafe { *num_splits.add(b) } + split_idx) as usize } else { 0 };
-        let split_row0 = (split * p.num_heads_kv as usize + kv_head) * rows as usize + row_base as usize;
+        let split = if is_split {
+            (unsafe { *num_splits.add(b) } + split_idx) as usize
+        } else {
+            0
+        };
+        let split_row0 =
+            (split * p.num_heads_kv as usize + kv_head) * rows as usize + row_base as usize;
         let mut inv = [0.0f32; 2];
         unroll!(H in [0, 1] {
             let sum = row_sum[H];

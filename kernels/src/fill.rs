@@ -25,7 +25,10 @@ pub unsafe fn fill<E: Element>(p: &FillParams, nan_bits: u32) {
             (token as i64) < unsafe { *valid_rows.add(page as usize) } as i64
         };
         let bits = if valid {
-            E::pack(fill_value(p.seed, index, p.amplitude), fill_value(p.seed, index + 1, p.amplitude))
+            E::pack(
+                fill_value(p.seed, index, p.amplitude),
+                fill_value(p.seed, index + 1, p.amplitude),
+            )
         } else {
             nan_bits
         };

@@ -111,7 +111,9 @@ pub unsafe fn named_barrier_arrive(id: u32, threads: u32) {
 #[inline(always)]
 pub unsafe fn mbarrier_init(bar: u32, count: u32) {
     // SAFETY: forwarded.
-    unsafe { asm!("mbarrier.init.shared::cta.b64 [{b}], {c};", b = in(reg32) bar, c = in(reg32) count, options(nostack)) }
+    unsafe {
+        asm!("mbarrier.init.shared::cta.b64 [{b}], {c};", b = in(reg32) bar, c = in(reg32) count, options(nostack))
+    }
 }
 
 /// `fence.mbarrier_init.release.cluster`: makes initialised mbarriers visible to the async proxy.
@@ -239,7 +241,10 @@ pub unsafe fn publish_tensor_map(dst: u64, words: &[u64; 16]) {
     });
     // SAFETY: fences on the caller's slot.
     unsafe {
-        asm!("fence.proxy.tensormap::generic.release.gpu;", options(nostack));
+        asm!(
+            "fence.proxy.tensormap::generic.release.gpu;",
+            options(nostack)
+        );
         asm!("fence.proxy.tensormap::generic.acquire.gpu [{m}], 128;", m = in(reg64) dst, options(nostack));
     }
 }
@@ -252,7 +257,9 @@ pub unsafe fn publish_tensor_map(dst: u64, words: &[u64; 16]) {
 #[inline(always)]
 pub unsafe fn acquire_tensor_map(map: u64) {
     // SAFETY: forwarded.
-    unsafe { asm!("fence.proxy.tensormap::generic.acquire.gpu [{m}], 128;", m = in(reg64) map, options(nostack)) }
+    unsafe {
+        asm!("fence.proxy.tensormap::generic.acquire.gpu [{m}], 128;", m = in(reg64) map, options(nostack))
+    }
 }
 
 /// `cp.async.bulk.global.shared::cta.bulk_group [dst], [src], bytes`: one bulk copy shared → global by
@@ -278,7 +285,13 @@ pub unsafe fn bulk_store(dst: u64, src: u32, bytes: u32) {
 #[inline(always)]
 pub fn bulk_commit_and_wait_read() {
     // SAFETY: waits on this thread's own copies.
-    unsafe { asm!("cp.async.bulk.commit_group;", "cp.async.bulk.wait_group.read 0;", options(nostack)) }
+    unsafe {
+        asm!(
+            "cp.async.bulk.commit_group;",
+            "cp.async.bulk.wait_group.read 0;",
+            options(nostack)
+        )
+    }
 }
 
 /// `fence.proxy.async.shared::cta`: this thread's ordinary shared-memory writes become visible to the
@@ -352,7 +365,6 @@ pub unsafe fn wgmma_wait_32<const N: u32>(acc: &mut [f32; 32]) {
     unsafe { acc_asm_32!(acc, "wgmma.wait_group.sync.aligned {n};", (n = const N)) }
 }
 
-
 /// `wgmma` for one 16-bit input type. Accumulators are f32; `m64nNk16` accumulator `i` of a thread
 /// (lane `l` of warp `w` of the warpgroup) is row `16w + l/4 + 8·((i/2) % 2)`, column `8·(i/4) + 2·(l%4) + i%2`.
 pub trait WgmmaElement: Element {
@@ -363,7 +375,12 @@ pub trait WgmmaElement: Element {
     ///
     /// # Safety
     /// Warpgroup-wide, after [`wgmma_fence_32`]; descriptors address valid shared-memory operands.
-    unsafe fn wgmma_m64n64k16_ss<const OFF: u64>(acc: &mut [f32; 32], a: u64, b: u64, accumulate: u32);
+    unsafe fn wgmma_m64n64k16_ss<const OFF: u64>(
+        acc: &mut [f32; 32],
+        a: u64,
+        b: u64,
+        accumulate: u32,
+    );
     /// `O += A·B`, 64 × 256 × 16, A from registers (four packed pairs in the m16n8k16 `A` layout per
     /// 16-row slice), B MN-major ("transposed") in shared memory at descriptor `b + B_OFF`.
     ///
@@ -375,26 +392,93 @@ pub trait WgmmaElement: Element {
     ///
     /// # Safety
     /// As [`WgmmaElement::wgmma_m64n256k16_rs_tb`].
-    unsafe fn wgmma_m64n256k16_ss_tb<const A_OFF: u64, const B_OFF: u64>(acc: &mut [f32; 128], a: u64, b: u64);
+    unsafe fn wgmma_m64n256k16_ss_tb<const A_OFF: u64, const B_OFF: u64>(
+        acc: &mut [f32; 128],
+        a: u64,
+        b: u64,
+    );
 }
 
 macro_rules! wgmma_element {
     ($name:ident, $ty:literal) => {
         impl WgmmaElement for $name {
             #[inline(always)]
-            unsafe fn wgmma_m64n64k16_ss<const OFF: u64>(acc: &mut [f32; 32], a: u64, b: u64, accumulate: u32) {
+            unsafe fn wgmma_m64n64k16_ss<const OFF: u64>(
+                acc: &mut [f32; 32],
+                a: u64,
+                b: u64,
+                accumulate: u32,
+            ) {
                 // SAFETY: forwarded.
-                unsafe { wgmma_ss_64!($ty, acc, a, b, accumulate, OFF, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31]) }
+                unsafe {
+                    wgmma_ss_64!(
+                        $ty,
+                        acc,
+                        a,
+                        b,
+                        accumulate,
+                        OFF,
+                        [
+                            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+                            20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
+                        ]
+                    )
+                }
             }
             #[inline(always)]
-            unsafe fn wgmma_m64n256k16_rs_tb<const B_OFF: u64>(acc: &mut [f32; 128], a: [u32; 4], b: u64) {
+            unsafe fn wgmma_m64n256k16_rs_tb<const B_OFF: u64>(
+                acc: &mut [f32; 128],
+                a: [u32; 4],
+                b: u64,
+            ) {
                 // SAFETY: forwarded.
-                unsafe { wgmma_rs_256!($ty, acc, a, b, B_OFF, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127]) }
+                unsafe {
+                    wgmma_rs_256!(
+                        $ty,
+                        acc,
+                        a,
+                        b,
+                        B_OFF,
+                        [
+                            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+                            20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37,
+                            38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
+                            56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73,
+                            74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91,
+                            92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107,
+                            108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121,
+                            122, 123, 124, 125, 126, 127
+                        ]
+                    )
+                }
             }
             #[inline(always)]
-            unsafe fn wgmma_m64n256k16_ss_tb<const A_OFF: u64, const B_OFF: u64>(acc: &mut [f32; 128], a: u64, b: u64) {
+            unsafe fn wgmma_m64n256k16_ss_tb<const A_OFF: u64, const B_OFF: u64>(
+                acc: &mut [f32; 128],
+                a: u64,
+                b: u64,
+            ) {
                 // SAFETY: forwarded.
-                unsafe { wgmma_ss_256!($ty, acc, a, b, A_OFF, B_OFF, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127]) }
+                unsafe {
+                    wgmma_ss_256!(
+                        $ty,
+                        acc,
+                        a,
+                        b,
+                        A_OFF,
+                        B_OFF,
+                        [
+                            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+                            20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37,
+                            38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
+                            56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73,
+                            74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91,
+                            92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107,
+                            108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121,
+                            122, 123, 124, 125, 126, 127
+                        ]
+                    )
+                }
             }
         }
     };

@@ -5,7 +5,15 @@
 //! Kernel entry points are `extern "ptx-kernel"` functions taking one `#[repr(C)]` parameter record from
 //! `flashmla-abi`, the crate the host compiles too, so the two sides cannot disagree on a layout.
 #![no_std]
-#![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, gpu_intrinsics, gpu_launch_sized_workgroup_mem, core_intrinsics, link_llvm_intrinsics)]
+#![feature(
+    abi_ptx,
+    stdarch_nvptx,
+    asm_experimental_arch,
+    gpu_intrinsics,
+    gpu_launch_sized_workgroup_mem,
+    core_intrinsics,
+    link_llvm_intrinsics
+)]
 #![allow(internal_features)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -19,9 +27,9 @@ pub mod fill;
 pub mod hopper;
 pub mod sched_meta;
 
-use flashmla_abi::{CombineParams, DecodeParams, FillParams};
 #[cfg(flashmla_arch = "sm90a")]
 use flashmla_abi::Sm90DecodeParams;
+use flashmla_abi::{CombineParams, DecodeParams, FillParams};
 
 /// bf16 split-KV decode. See [`decode::splitkv_decode`].
 ///

@@ -3,7 +3,9 @@
 //! the scheduling pass itself is `flashmla_abi::schedule`, the function the host runs on the CPU.
 
 use crate::arch;
-use flashmla_abi::{schedule, sched_request_cost, DecodingSchedMeta, SchedMetaParams, SCHED_META_THREADS};
+use flashmla_abi::{
+    sched_request_cost, schedule, DecodingSchedMeta, SchedMetaParams, SCHED_META_THREADS,
+};
 
 /// Computes the decode work lists and `num_splits` from `cache_seqlens` on the device, so a decode step
 /// needs no host round trip (and can be captured in a CUDA graph).
