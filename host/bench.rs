@@ -315,6 +315,28 @@ impl Bencher {
     }
 }
 
+impl BenchRow {
+    /// FLOPs of the shape by FlashMLA's formula.
+    pub fn flops(&self) -> f64 {
+        self.tflops * self.us * 1e6
+    }
+
+    /// Bytes of the shape by FlashMLA's formula.
+    pub fn bytes(&self) -> f64 {
+        self.gbps * self.us * 1e3
+    }
+
+    /// The memory floor: FlashMLA's bytes over the copy bandwidth measured in the same run, µs.
+    pub fn memory_floor_us(&self, c: &Ceilings) -> f64 {
+        self.bytes() / (c.copy_gbps * 1e3)
+    }
+
+    /// The compute floor: FlashMLA's FLOPs over the matmul rate measured in the same run, µs.
+    pub fn compute_floor_us(&self, c: &Ceilings) -> Option<f64> {
+        c.matmul_tflops.map(|t| self.flops() / (t * 1e6))
+    }
+}
+
 /// One measured shape.
 #[derive(Clone, Debug)]
 pub struct BenchRow {

@@ -110,6 +110,9 @@ struct BenchArgs {
     /// Write the rows and ceilings as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Write the table as Markdown (with both floors per shape), as kept in BENCHMARKS.md.
+    #[arg(long)]
+    markdown: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -296,7 +299,7 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         ))
     );
     println!(
-        "{:>4} {:>3} {:>6} {:>4} {:>4} {:>6} {:>5} | {:>9} {:>8} {:>7} {:>7} {:>7} | {:>9} {:>7}",
+        "{:>4} {:>3} {:>6} {:>4} {:>4} {:>6} {:>5} | {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} | {:>9} {:>7}",
         "b",
         "s_q",
         "s_k",
@@ -305,6 +308,7 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         "varlen",
         "parts",
         "µs",
+        "floor µs",
         "TFLOPS",
         "GB/s",
         "%copy",
@@ -323,7 +327,7 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
             None => ("-".into(), "-".into()),
         };
         println!(
-            "{:>4} {:>3} {:>6} {:>4} {:>4} {:>6} {:>5} | {:>9.1} {:>8.1} {:>7.0} {:>7.1} {:>7} | {:>9} {:>7}",
+            "{:>4} {:>3} {:>6} {:>4} {:>4} {:>6} {:>5} | {:>9.1} {:>9.1} {:>8.1} {:>7.0} {:>7.1} {:>7} | {:>9} {:>7}",
             s.b,
             s.s_q,
             s.s_k,
@@ -332,6 +336,8 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
             if s.varlen { "yes" } else { "no" },
             r.num_sm_parts,
             r.us,
+            r.memory_floor_us(&ceilings)
+                .max(r.compute_floor_us(&ceilings).unwrap_or(0.0)),
             r.tflops,
             r.gbps,
             100.0 * r.gbps / ceilings.copy_gbps,
@@ -340,12 +346,55 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
             speedup
         );
     }
+    if let Some(path) = &a.markdown {
+        let mut text = format!(
+            "{} ({} SMs), module {}, kernel {}, {}; ceilings in this run: copy {:.0} GB/s, bf16 matmul {}\n\n",
+            d.name,
+            d.sm_count,
+            fm.ptx_module().name,
+            fm.resolve_kernel(cli.kernel.into())?,
+            dtype,
+            ceilings.copy_gbps,
+            matmul.map_or("n/a".to_string(), |t| format!("{t:.0} TFLOPS"))
+        );
+        text += "| b | s_q | s_k | h_q | varlen | parts | µs (median) | memory floor µs | compute floor µs | TFLOPS | GB/s | % copy | % matmul | FlashMLA µs | vs FlashMLA |\n";
+        text += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+        for r in &rows {
+            let s = &r.shape;
+            let opt = |v: Option<f64>, digits: usize| {
+                v.map_or("-".to_string(), |v| format!("{v:.digits$}"))
+            };
+            text += &format!(
+                "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {} | {} | {} |\n",
+                s.b,
+                s.s_q,
+                s.s_k,
+                s.h_q,
+                if s.varlen { "yes" } else { "no" },
+                r.num_sm_parts,
+                r.us,
+                r.memory_floor_us(&ceilings),
+                opt(r.compute_floor_us(&ceilings), 1),
+                r.tflops,
+                r.gbps,
+                100.0 * r.gbps / ceilings.copy_gbps,
+                opt(matmul.map(|m| 100.0 * r.tflops / m), 1),
+                opt(s.flashmla_ms.map(|ms| ms * 1e3), 1),
+                s.flashmla_ms
+                    .map_or("-".to_string(), |ms| format!("{:.2}x", ms * 1e3 / r.us))
+            );
+        }
+        std::fs::write(path, text).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
     if let Some(path) = &a.csv {
-        let mut text = String::from("b,s_q,s_k,h_q,h_kv,varlen,causal,dtype,total_seqlen_k,num_sm_parts,us_median,us_min,tflops,gbps,copy_gbps,matmul_tflops,flashmla_us\n");
+        let mut text = String::from("b,s_q,s_k,h_q,h_kv,varlen,causal,dtype,total_seqlen_k,num_sm_parts,us_median,us_min,tflops,gbps,copy_gbps,matmul_tflops,flashmla_us,memory_floor_us,compute_floor_us\n");
         for r in &rows {
             let s = &r.shape;
             text += &format!(
-                "{},{},{},{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{:.1},{:.1},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{:.1},{:.1},{},{},{:.2},{}\n",
                 s.b,
                 s.s_q,
                 s.s_k,
@@ -363,7 +412,10 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
                 ceilings.copy_gbps,
                 matmul.map_or(String::new(), |m| format!("{m:.1}")),
                 s.flashmla_ms
-                    .map_or(String::new(), |ms| format!("{:.1}", ms * 1e3))
+                    .map_or(String::new(), |ms| format!("{:.1}", ms * 1e3)),
+                r.memory_floor_us(&ceilings),
+                r.compute_floor_us(&ceilings)
+                    .map_or(String::new(), |f| format!("{f:.2}"))
             );
         }
         std::fs::write(path, text).map_err(|source| Error::Io {

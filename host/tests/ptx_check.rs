@@ -177,7 +177,7 @@ fn check_hopper_sass(
         let msg = format!("cuobjdump not found beside {}", ptxas.display());
         return if std::env::var("FLASHMLA_REQUIRE_PTXAS").as_deref() == Ok("1") {
             Err(format!(
-                "{msg} (pip install nvidia-cuda-cuobjdump), and FLASHMLA_REQUIRE_PTXAS=1"
+                "{msg} (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm), and FLASHMLA_REQUIRE_PTXAS=1"
             ))
         } else {
             Ok(format!("\n  SASS not checked: {msg}"))
@@ -185,7 +185,19 @@ fn check_hopper_sass(
     }
     let mut summary = String::new();
     for name in kernel::SM90A_ONLY {
+        // cuobjdump runs nvdisasm, which pip installs beside it.
+        let path = std::env::join_paths(
+            cuobjdump
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .into_iter()
+                .chain(std::env::split_paths(
+                    &std::env::var_os("PATH").unwrap_or_default(),
+                )),
+        )
+        .map_err(|e| e.to_string())?;
         let out = Command::new(&cuobjdump)
+            .env("PATH", path)
             .args(["-sass", "-fun", name])
             .arg(cubin)
             .output()
