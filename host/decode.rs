@@ -9,9 +9,10 @@ use crate::tensor::{DType, Element, TensorView, TensorViewMut};
 use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice};
 use flashmla_abi::{
-    max_total_splits, sm90_smem, smem, CombineParams, DecodeParams, OutputParams, Sm90DecodeParams,
-    TensorMapBytes, COMBINE_THREADS, COMBINE_WARPS, COMBINE_WARPS_PER_ROW, DECODE_THREADS,
-    HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE, SM90_THREADS, TILE_COLS,
+    combine_tasks_per_warp, max_total_splits, sm90_smem, smem, CombineParams, DecodeParams,
+    OutputParams, Sm90DecodeParams, TensorMapBytes, COMBINE_THREADS, COMBINE_WARPS,
+    COMBINE_WARPS_PER_ROW, DECODE_THREADS, HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE, SM90_THREADS,
+    TILE_COLS,
 };
 use std::sync::Arc;
 
@@ -558,8 +559,6 @@ impl FlashMla {
                 common: decode,
                 k_tensor_map: encode_kv_tensor_map(&decode, launch.dtype)?,
                 tensor_map_slots,
-                schedule_flags: sm90_schedule_flags(),
-                pad: 0,
             };
             let decode_fn = match launch.dtype {
                 DType::Bf16 => bf16_fn,
@@ -594,18 +593,6 @@ impl FlashMla {
             launch::launch(combine_fn.cu_function(), stream, &combine_config, &combine)
         }
     }
-}
-
-/// Schedule variant of the Hopper kernel: `FLASHMLA_SM90_SCHEDULE` (an integer of `SM90_*` flag
-/// bits) overrides the default, for measuring the variants side by side.
-fn sm90_schedule_flags() -> u32 {
-    static FLAGS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *FLAGS.get_or_init(|| {
-        std::env::var("FLASHMLA_SM90_SCHEDULE")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    })
 }
 
 /// Encodes the KV cache as the Hopper kernel's TMA tensor map: a 4-D tensor (576 columns, 64 tokens,
@@ -776,8 +763,9 @@ pub(crate) fn validate(
         return Err(Error::MetadataNotComputed);
     }
     let rows = shape.q_seq_per_hk();
-    let combine_blocks =
-        (shape.num_heads_kv * rows * COMBINE_WARPS_PER_ROW).div_ceil(COMBINE_WARPS as usize);
+    let combine_tasks = shape.num_heads_kv * rows * COMBINE_WARPS_PER_ROW;
+    let tasks_per_warp = combine_tasks_per_warp(b * combine_tasks);
+    let combine_blocks = combine_tasks.div_ceil(COMBINE_WARPS as usize * tasks_per_warp);
     // Grid y and z are limited to 65535 (h_kv is the decode grid's y, b the combine grid's y).
     for (what, value) in [
         ("h_kv (decode grid y)", shape.num_heads_kv),
@@ -846,6 +834,8 @@ pub(crate) fn validate(
         num_heads_kv: decode.num_heads_kv,
         heads_per_kv: decode.heads_per_kv,
         q_seq_per_hk: decode.q_seq_per_hk,
+        tasks_per_warp: tasks_per_warp as i32,
+        pad: 0,
     };
     Ok(DecodeLaunch {
         decode,
@@ -1203,7 +1193,14 @@ mod tests {
         a.lse.1 = [1, 128, 8192];
         a.lse.2 = contiguous(a.lse.1);
         let l = validate(&shape, 1, true, &a).unwrap();
-        assert_eq!(l.combine_grid, (8192 * 128 / 2, 1, 1));
+        // 4M (row, quarter) tasks over about COMBINE_TARGET_CTAS CTAs of 8 warps.
+        let per_warp = combine_tasks_per_warp(8192 * 128 * 4);
+        assert_eq!(per_warp, 8192 * 128 * 4 / (1024 * 8));
+        assert_eq!(l.combine.tasks_per_warp as usize, per_warp);
+        assert_eq!(
+            l.combine_grid,
+            ((8192 * 128 * 4 / (8 * per_warp)) as u32, 1, 1)
+        );
     }
 
     #[test]

@@ -12,9 +12,10 @@ use flashmla_abi::{
 
 const LN_2: f32 = core::f32::consts::LN_2;
 
-/// Grid `(ceil(h_kv · q_seq_per_hk · COMBINE_WARPS_PER_ROW / COMBINE_WARPS), b)`, `COMBINE_THREADS` threads:
-/// `COMBINE_WARPS_PER_ROW` warps per query row, each over a quarter of its columns. Requests that were
-/// not split (`num_splits[b+1] − num_splits[b] == 1`) were finished by the decode kernel and are skipped.
+/// Grid `(ceil(h_kv · q_seq_per_hk · COMBINE_WARPS_PER_ROW / (COMBINE_WARPS · tasks_per_warp)), b)`,
+/// `COMBINE_THREADS` threads. A task is a quarter of a query row's columns; each warp merges
+/// `tasks_per_warp` consecutive tasks. Requests that were not split (`num_splits[b+1] − num_splits[b]
+/// == 1`) were finished by the decode kernel: their CTAs exit at once.
 ///
 /// # Safety
 /// `params` describes valid device buffers matching the preceding decode launch.
@@ -24,15 +25,8 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
     let warp = arch::thread_idx_x() as usize / 32;
     let b = arch::block_idx_y() as usize;
     let rows = p.q_seq_per_hk as usize;
-    let flat_warp = arch::block_idx_x() as usize * COMBINE_WARPS as usize + warp;
-    let flat_row = flat_warp / COMBINE_WARPS_PER_ROW;
-    let col = (flat_warp % COMBINE_WARPS_PER_ROW) * (HEAD_DIM_V / COMBINE_WARPS_PER_ROW)
-        + lane * COMBINE_COLS_PER_LANE;
     // The partials come from the decode kernel just before this one (PDL).
     arch::grid_dependency_wait();
-    if flat_row >= p.num_heads_kv as usize * rows {
-        return;
-    }
     let num_splits = p.num_splits as *const i32;
     // SAFETY: b < batch_size.
     let (first, count) = unsafe {
@@ -45,9 +39,42 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
         return;
     }
     let (first, count) = (first as usize, count as usize);
+    let h_kv = p.num_heads_kv as usize;
+    let tasks_per_warp = p.tasks_per_warp as usize;
+    let first_task =
+        (arch::block_idx_x() as usize * COMBINE_WARPS as usize + warp) * tasks_per_warp;
+    for task in first_task..first_task + tasks_per_warp {
+        let flat_row = task / COMBINE_WARPS_PER_ROW;
+        if flat_row >= h_kv * rows {
+            break;
+        }
+        let col = (task % COMBINE_WARPS_PER_ROW) * (HEAD_DIM_V / COMBINE_WARPS_PER_ROW)
+            + lane * COMBINE_COLS_PER_LANE;
+        // SAFETY: forwarded; (b, flat_row) is a row of a split request.
+        unsafe { combine_row::<E>(p, b, flat_row, col, first, count) };
+    }
+    arch::launch_dependents();
+}
+
+/// Merges columns `col..col + 4` (per lane) of folded row `flat_row` of request `b`, split `count` ways
+/// starting at split slot `first`, into `out`; the warp of column 0 also writes `lse`.
+///
+/// # Safety
+/// Warp-wide; `params` as for [`combine`], and the arguments name a row of a split request.
+#[inline(always)]
+unsafe fn combine_row<E: Element>(
+    p: &CombineParams,
+    b: usize,
+    flat_row: usize,
+    col: usize,
+    first: usize,
+    count: usize,
+) {
+    let lane = arch::thread_idx_x() as usize % 32;
+    let rows = p.q_seq_per_hk as usize;
+    let h_kv = p.num_heads_kv as usize;
     let kv_head = flat_row / rows;
     let r = flat_row % rows;
-    let h_kv = p.num_heads_kv as usize;
     let slot = |s: usize| ((first + s) * h_kv + kv_head) * rows + r;
     let lse_accum = p.lse_accum as *const f32;
     // SAFETY (both closures): s < count, so slot(s) < total splits · h_kv · rows.
@@ -94,7 +121,10 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
     // of COMBINE_SPLITS_IN_FLIGHT splits are loaded before any is accumulated, so that many 16-byte
     // loads per lane are in flight instead of one dependent chain per split.
     let mut acc = [0.0f32; COMBINE_COLS_PER_LANE];
-    let o_accum = p.o_accum as *const f32;
+    // Split s of this row, columns col..: row_base + s · split_stride (floats).
+    let split_stride = h_kv * rows * HEAD_DIM_V;
+    // SAFETY: slot(0) is this row's first split slot.
+    let row_base = unsafe { (p.o_accum as *const f32).add(slot(0) * HEAD_DIM_V + col) };
     let mut chunk = 0;
     while chunk < count {
         let weight = arch::exp2(lse_of(chunk + lane) - lse2);
@@ -102,13 +132,13 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
         let mut s = 0;
         while s < in_chunk {
             let mut parts = [[0.0f32; COMBINE_COLS_PER_LANE]; COMBINE_SPLITS_IN_FLIGHT];
-            unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+            unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7] {
                 if s + I < in_chunk {
                     // SAFETY: split chunk + s + I < count; 16-byte aligned inside its 512-column row.
-                    parts[I] = unsafe { *(o_accum.add(slot(chunk + s + I) * HEAD_DIM_V + col) as *const [f32; 4]) };
+                    parts[I] = unsafe { *(row_base.add((chunk + s + I) * split_stride) as *const [f32; 4]) };
                 }
             });
-            unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+            unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7] {
                 // SAFETY: all lanes reach the shuffle (warp-uniform bounds); lanes past the chunk hold 0.
                 let w = unsafe { arch::shfl_idx_f32(weight, ((s + I) % 32) as u32) };
                 if s + I < in_chunk {
@@ -129,10 +159,9 @@ pub unsafe fn combine<E: Element>(p: &CombineParams) {
             *(p.output.lse as *mut f32).offset(p.output.lse_offset(b, t, head)) = lse2 * LN_2;
         }
     }
-    arch::launch_dependents();
 }
 
 const _: () = assert!(
-    COMBINE_SPLITS_IN_FLIGHT == 16,
-    "the unrolled split loop above is written for 16"
+    COMBINE_SPLITS_IN_FLIGHT == 8,
+    "the unrolled split loop above is written for 8"
 );

@@ -25,8 +25,8 @@ use crate::hopper::{self as hw, WgmmaElement};
 use crate::unroll;
 use flashmla_abi::{
     part_range, sched_num_blocks, sm90_smem as smem, DecodingSchedMeta, Sm90DecodeParams,
-    BLOCK_SIZE_M, HEAD_DIM_K, HEAD_DIM_V, K_TILES, PAGE_BLOCK_SIZE, SM90_LAG_PV_R, SM90_THREADS,
-    TILE_BYTES, TILE_COLS, V_TILES_PER_WARPGROUP, WARPGROUP_THREADS,
+    BLOCK_SIZE_M, HEAD_DIM_K, HEAD_DIM_V, K_TILES, PAGE_BLOCK_SIZE, SM90_THREADS, TILE_BYTES,
+    TILE_COLS, V_TILES_PER_WARPGROUP, WARPGROUP_THREADS,
 };
 
 const CTA: u32 = SM90_THREADS;
@@ -75,6 +75,102 @@ fn sw128_offset(row: usize, chunk: usize) -> usize {
     row * 128 + ((chunk ^ (row % 8)) * 16)
 }
 
+/// The KV blocks one CTA walks for one request of its SM part.
+#[derive(Clone, Copy)]
+struct RequestBlocks {
+    /// Batch index.
+    b: usize,
+    /// KV length of the request (clamped to the block table).
+    seqlen: i32,
+    /// First block (page column) of the part's range.
+    start_blk: i32,
+    split_idx: i32,
+    is_split: bool,
+    tok_begin: i32,
+    /// End of the keys any row of this m-block attends (ragged tail and causal border applied).
+    tok_end: i32,
+    n_blocks: usize,
+}
+
+/// Where the part's range of request `req` starts and ends for this m-block: FlashMLA's block range
+/// (`part_range`), cut at the causal border of the m-block's last valid row (`get_mask_len`).
+#[inline(always)]
+fn request_blocks(
+    p: &flashmla_abi::DecodeParams,
+    meta: &DecodingSchedMeta,
+    req: i32,
+    row_base: u32,
+    valid_rows: usize,
+) -> RequestBlocks {
+    let b = req as usize;
+    // SAFETY: req < batch_size (the schedule covers exactly the batch).
+    let seqlen = unsafe { *(p.seqlens_k as *const i32).add(b) }.max(0);
+    // Tokens past the block table are never read.
+    let seqlen = seqlen.min(p.max_blocks_per_seq.saturating_mul(PAGE_BLOCK_SIZE as i32));
+    let (start_blk, end_blk, split_idx, is_split) = part_range(meta, req, sched_num_blocks(seqlen));
+    let tok_begin = start_blk * PAGE_BLOCK_SIZE as i32;
+    let mut tok_end = (end_blk * PAGE_BLOCK_SIZE as i32).min(seqlen);
+    if valid_rows > 0 {
+        tok_end = tok_end.min(causal_limit(p, seqlen, row_base + valid_rows as u32 - 1));
+    }
+    let n_blocks = if tok_end > tok_begin {
+        ((tok_end - tok_begin) as usize).div_ceil(PAGE_BLOCK_SIZE)
+    } else {
+        0
+    };
+    RequestBlocks {
+        b,
+        seqlen,
+        start_blk,
+        split_idx,
+        is_split,
+        tok_begin,
+        tok_end,
+        n_blocks,
+    }
+}
+
+/// Bottom-right causal border of query row `r` (folded): it attends keys `< seqlen − (s_q − 1 − t)`
+/// (FlashMLA `get_mask_len`); padding rows and non-causal calls attend all `seqlen` keys.
+#[inline(always)]
+fn causal_limit(p: &flashmla_abi::DecodeParams, seqlen: i32, r: u32) -> i32 {
+    if p.is_causal != 0 && r < p.q_seq_per_hk as u32 {
+        seqlen - (p.seqlen_q - 1 - (r / p.heads_per_kv as u32) as i32)
+    } else {
+        seqlen
+    }
+}
+
+/// Page id of block `j` of the CTA's flattened block sequence counted from request `req` (`j` may run
+/// past that request into the next non-empty ones), or `None` past the part's last block. Page ids
+/// outside the cache are left to TMA, which reads them as zeros.
+#[inline(always)]
+fn page_at(
+    p: &flashmla_abi::DecodeParams,
+    meta: &DecodingSchedMeta,
+    mut req: i32,
+    mut j: usize,
+    row_base: u32,
+    valid_rows: usize,
+) -> Option<i32> {
+    while req <= meta.end_req_idx {
+        let rb = request_blocks(p, meta, req, row_base, valid_rows);
+        if j < rb.n_blocks {
+            // SAFETY: b < batch_size; start_blk + j < ceil(tok_end / 64) <= max_blocks_per_seq.
+            return Some(unsafe {
+                *(p.block_table as *const i32).offset(
+                    rb.b as isize * p.block_table_stride as isize
+                        + rb.start_blk as isize
+                        + j as isize,
+                )
+            });
+        }
+        j -= rb.n_blocks;
+        req += 1;
+    }
+    None
+}
+
 /// Decodes one CTA's share of the batch on Hopper.
 ///
 /// # Safety
@@ -112,7 +208,6 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
         )
     };
 
-    let lag_pv_r = params.schedule_flags & SM90_LAG_PV_R != 0;
     let rows = p.q_seq_per_hk as u32;
     let m_blocks = rows.div_ceil(BLOCK_SIZE_M as u32) as usize;
     let cta_linear = m_block + m_blocks * (kv_head + p.num_heads_kv as usize * part);
@@ -149,75 +244,82 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
     } else {
         0
     };
-    let seqlens = p.seqlens_k as *const i32;
     let num_splits = p.num_splits as *const i32;
-    // Completed fills of each KV buffer before the current request: the parity of its mbarriers' phase.
-    // (Two scalars, not an array: a run-time index would put it in local memory.)
-    let (mut fills0, mut fills1) = (0u32, 0u32);
-
-    for req in meta.begin_req_idx..=meta.end_req_idx {
-        let b = req as usize;
-        // SAFETY: req < batch_size (the schedule covers exactly the batch).
-        let seqlen = unsafe { *seqlens.add(b) }.max(0);
-        // Tokens past the block table are never read.
-        let seqlen = seqlen.min(p.max_blocks_per_seq.saturating_mul(PAGE_BLOCK_SIZE as i32));
-        let (start_blk, end_blk, split_idx, is_split) =
-            part_range(&meta, req, sched_num_blocks(seqlen));
-        let tok_begin = start_blk * PAGE_BLOCK_SIZE as i32;
-        let mut tok_end = (end_blk * PAGE_BLOCK_SIZE as i32).min(seqlen);
-        // Bottom-right causal border of a row: keys j < seqlen − (s_q − 1 − t) (FlashMLA get_mask_len).
-        let limit = |local_row: usize| -> i32 {
-            let r = row_base + local_row as u32;
-            if p.is_causal != 0 && r < rows {
-                seqlen - (p.seqlen_q - 1 - (r / hpk) as i32)
-            } else {
-                seqlen
-            }
-        };
-        if valid_rows > 0 {
-            tok_end = tok_end.min(limit(valid_rows - 1));
+    let load_tile = |buf: usize, tile: usize, page: i32| {
+        let bar = bar(buf, tile);
+        // SAFETY: the buffer's tile is free (its last reader has waited on its wgmma); the tensor map
+        // was acquired by this thread (thread 0 or WG).
+        unsafe {
+            hw::mbarrier_arrive_expect_tx(bar, TILE_BYTES as u32);
+            hw::tma_load_4d(
+                kv_addr(buf) + (tile * TILE_BYTES) as u32,
+                tensor_map,
+                bar,
+                [(tile * TILE_COLS) as i32, 0, kv_head as i32, page],
+            );
         }
-        let n_blocks = if tok_end > tok_begin {
-            ((tok_end - tok_begin) as usize).div_ceil(PAGE_BLOCK_SIZE)
-        } else {
-            0
-        };
-        let row_limit = [limit(row0), limit(row0 + 8)];
-
-        // Page of block j; j < n_blocks, so its column is inside the block table. Ids outside the cache
-        // are left to TMA, which reads them as zeros.
-        let page_of_block = |j: usize| -> i32 {
-            // SAFETY: b < batch_size, start_blk + j < ceil(tok_end / 64) <= max_blocks_per_seq.
-            unsafe {
-                *(p.block_table as *const i32).offset(
-                    b as isize * p.block_table_stride as isize + start_blk as isize + j as isize,
-                )
-            }
-        };
-        let load_tile = |buf: usize, tile: usize, page: i32| {
-            let bar = bar(buf, tile);
-            // SAFETY: the buffer's tile is free (its last reader has waited on its wgmma); the tensor map
-            // was acquired by this thread (thread 0 or WG).
-            unsafe {
-                hw::mbarrier_arrive_expect_tx(bar, TILE_BYTES as u32);
-                hw::tma_load_4d(
-                    kv_addr(buf) + (tile * TILE_BYTES) as u32,
-                    tensor_map,
-                    bar,
-                    [(tile * TILE_COLS) as i32, 0, kv_head as i32, page],
-                );
-            }
-        };
-
-        // ---- prologue: the first two pages by TMA, Q by cp.async ----------------------------------------
-        if tid == 0 {
-            for j in 0..n_blocks.min(2) {
-                let page = page_of_block(j);
-                for tile in 0..K_TILES {
-                    load_tile(j, tile, page);
+    };
+    // The KV blocks of all the part's requests form one sequence, block g in buffer g % 2 with mbarrier
+    // phase parity (g / 2) % 2. Block g + 2 is loaded as soon as block g's buffer is free, whichever
+    // request it belongs to, so request boundaries do not drain the pipeline. Thread 0 loads tiles 8
+    // and 0..4 of every block, thread WG tiles 4..8: each tile's last reader refills it.
+    if tid == 0 || tid == WG {
+        for g in 0..2 {
+            if let Some(page) = page_at(p, &meta, meta.begin_req_idx, g, row_base, valid_rows) {
+                if tid == 0 {
+                    load_tile(g, K_TILES - 1, page);
+                    for tile in 0..V_TILES_PER_WARPGROUP {
+                        load_tile(g, tile, page);
+                    }
+                } else {
+                    for tile in V_TILES_PER_WARPGROUP..2 * V_TILES_PER_WARPGROUP {
+                        load_tile(g, tile, page);
+                    }
                 }
             }
         }
+    }
+    // Blocks of the part done before the current request.
+    let mut g_base = 0usize;
+
+    let (begin_req, end_req) = (meta.begin_req_idx, meta.end_req_idx);
+    for req in begin_req..=end_req {
+        // SAFETY: part < num_sm_parts (grid z).
+        let meta = unsafe { *(p.tile_scheduler_metadata as *const DecodingSchedMeta).add(part) };
+        let RequestBlocks {
+            b,
+            seqlen,
+            start_blk,
+            split_idx,
+            is_split,
+            tok_begin,
+            tok_end,
+            n_blocks,
+        } = request_blocks(p, &meta, req, row_base, valid_rows);
+        let limit = |local_row: usize| causal_limit(p, seqlen, row_base + local_row as u32);
+        let row_limit = [limit(row0), limit(row0 + 8)];
+        // Page of the block two after block j of this request (the one refilling j's buffer).
+        let refill_page = |j: usize| -> Option<i32> {
+            if j + 2 < n_blocks {
+                // SAFETY: b < batch_size, start_blk + j + 2 < ceil(tok_end / 64) <= max_blocks_per_seq.
+                Some(unsafe {
+                    *(p.block_table as *const i32).offset(
+                        b as isize * p.block_table_stride as isize
+                            + start_blk as isize
+                            + (j + 2) as isize,
+                    )
+                })
+            } else {
+                // (The work list is re-read here, near the end of a request only: kept in registers across
+                // the block loop it would cost the accumulators their room.)
+                // SAFETY: part < num_sm_parts (grid z).
+                let meta =
+                    unsafe { *(p.tile_scheduler_metadata as *const DecodingSchedMeta).add(part) };
+                page_at(p, &meta, req + 1, j + 2 - n_blocks, row_base, valid_rows)
+            }
+        };
+
+        // ---- Q by cp.async (this request's first KV pages are already on their way) ------------------
         let q_base = p.q as *const u16;
         let mut row = (tid / 32) as usize;
         while row < BLOCK_SIZE_M {
@@ -304,9 +406,8 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
             // wgmma pipeline across the call.)
             macro_rules! issue_qk {
                 ($acc_s:ident, $j:expr) => {{
-                    let j: usize = $j;
-                    let buf = j % 2;
-                    let parity = (if buf == 0 { fills0 } else { fills1 } + (j / 2) as u32) & 1;
+                    let g = g_base + $j;
+                    let (buf, parity) = (g % 2, ((g / 2) % 2) as u32);
                     // SAFETY: warpgroup-uniform; descriptors address the Q tiles and the landed K tiles.
                     unsafe {
                         let (a, k) = (k_major_desc(q_addr), k_major_desc(kv_addr(buf)));
@@ -332,17 +433,12 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                 unsafe { hw::wgmma_wait_32::<0>(&mut acc_s) };
             }
             for j in 0..n_blocks {
-                let buf = j % 2;
-                let refill = j + 2 < n_blocks;
+                let buf = (g_base + j) % 2;
                 // Read early: the table lookup's latency hides behind the softmax.
-                let refill_page = if tid == 0 && refill {
-                    page_of_block(j + 2)
-                } else {
-                    0
-                };
+                let refill = if tid == 0 { refill_page(j) } else { None };
                 // Tile 8 (RoPE) has no other reader than Q·Kᵀ(j), which is done.
-                if tid == 0 && refill {
-                    load_tile(buf, K_TILES - 1, refill_page);
+                if let Some(page) = refill {
+                    load_tile(buf, K_TILES - 1, page);
                 }
 
                 // Scale to base 2, mask, row maxima (each row lives in the 4 lanes of a quad).
@@ -416,10 +512,8 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                     }
                 }
                 hw::fence_proxy_async_shared();
-                if !lag_pv_r {
-                    // SAFETY: warpgroup 1 waits on it once per block.
-                    unsafe { hw::named_barrier_arrive(BAR_P_READY, CTA) };
-                }
+                // SAFETY: warpgroup 1 waits on it once per block.
+                unsafe { hw::named_barrier_arrive(BAR_P_READY, CTA) };
 
                 if j + 1 == n_blocks && tok_end - blk_tok < PAGE_BLOCK_SIZE as i32 {
                     zero_oob_v_rows(buf, blk_tok);
@@ -447,9 +541,9 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                     // SAFETY: warpgroup-uniform; P·V_L is the older of the two pending groups.
                     unsafe { hw::wgmma_wait_128::<1>(&mut acc_o) };
                     // Tiles 0..4 are V_L of this block: free now.
-                    if tid == 0 && refill {
+                    if let Some(page) = refill {
                         for tile in 0..V_TILES_PER_WARPGROUP {
-                            load_tile(buf, tile, refill_page);
+                            load_tile(buf, tile, page);
                         }
                     }
                     // SAFETY: warpgroup-uniform.
@@ -457,12 +551,12 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                 } else {
                     // SAFETY: warpgroup-uniform.
                     unsafe { hw::wgmma_wait_128::<0>(&mut acc_o) };
-                }
-                if lag_pv_r {
-                    // P(j) has been in shared memory since before P·V_L(j); releasing warpgroup 1 only now
-                    // puts its P·V_R(j) under this warpgroup's softmax of block j + 1.
-                    // SAFETY: warpgroup 1 waits on it once per block.
-                    unsafe { hw::named_barrier_arrive(BAR_P_READY, CTA) };
+                    // The next request's block, if any.
+                    if let Some(page) = refill {
+                        for tile in 0..V_TILES_PER_WARPGROUP {
+                            load_tile(buf, tile, page);
+                        }
+                    }
                 }
             }
             // Full row sums (the quad's four lanes) for the epilogue of both warpgroups.
@@ -485,14 +579,9 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
         } else {
             // ---- warpgroup 1: O_R = O_R·α + P·V_R -------------------------------------------------------
             for j in 0..n_blocks {
-                let buf = j % 2;
-                let parity = (if buf == 0 { fills0 } else { fills1 } + (j / 2) as u32) & 1;
-                let refill = j + 2 < n_blocks;
-                let refill_page = if wtid == 0 && refill {
-                    page_of_block(j + 2)
-                } else {
-                    0
-                };
+                let g = g_base + j;
+                let (buf, parity) = (g % 2, ((g / 2) % 2) as u32);
+                let refill = if wtid == 0 { refill_page(j) } else { None };
                 // SAFETY: warpgroup 0 arrives once per block.
                 unsafe { hw::named_barrier_sync(BAR_P_READY, CTA) };
                 // SAFETY: written by warpgroup 0 before the barrier.
@@ -523,9 +612,9 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                     // SAFETY: warpgroup 0 waits on it before every block but the first.
                     unsafe { hw::named_barrier_arrive(BAR_P_FREE, CTA) };
                 }
-                if wtid == 0 && refill {
+                if let Some(page) = refill {
                     for tile in V_TILES_PER_WARPGROUP..2 * V_TILES_PER_WARPGROUP {
-                        load_tile(buf, tile, refill_page);
+                        load_tile(buf, tile, page);
                     }
                 }
             }
@@ -567,36 +656,46 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
         });
         let col0 = wg * (HEAD_DIM_V / 2) + 2 * tig;
         if is_split {
-            // f32 partials: staged in shared memory (the KV buffers, free once both warpgroups' last
-            // wgmmas are done: hence the barrier), then one 2 KB bulk copy per row by the copy engine,
-            // instead of 64 scattered 8-byte stores per thread.
+            // f32 partials: staged in shared memory, then one 2 KB bulk copy per row by the copy engine,
+            // instead of 64 scattered 8-byte stores per thread. The staging area is the Q tile (free once
+            // both warpgroups' last wgmmas are done: hence the first barrier; the KV buffers already
+            // receive the next request's pages), 32 rows at a time.
+            let my_half = wtid / 64;
             // SAFETY: every thread reaches it.
             unsafe { arch::sync_threads() };
-            unroll!(H in [0, 1] {
-                let row_off = smem::KV + (row0 + 8 * H) * smem::O_STAGE_ROW_BYTES + col0 * 4;
-                unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
-                    // SAFETY: inside the staging tile (64 rows × O_STAGE_ROW_BYTES in the KV buffers); 8-byte aligned.
+            for half in 0..2 {
+                if my_half == half {
+                    unroll!(H in [0, 1] {
+                        let row_off = smem::Q + (row0 + 8 * H - 32 * half) * smem::O_STAGE_ROW_BYTES + col0 * 4;
+                        unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
+                            // SAFETY: inside the staging half (32 rows × O_STAGE_ROW_BYTES in the Q tile);
+                            // 8-byte aligned.
+                            unsafe {
+                                *(smem_ptr.add(row_off + N * 32) as *mut [f32; 2]) =
+                                    [acc_o[4 * N + 2 * H] * inv[H], acc_o[4 * N + 2 * H + 1] * inv[H]];
+                            }
+                        });
+                    });
+                }
+                hw::fence_proxy_async_shared();
+                // SAFETY: every thread reaches it.
+                unsafe { arch::sync_threads() };
+                let row = 32 * half + tid as usize;
+                if tid < 32 && row < valid_rows {
+                    // SAFETY: `row` of this m-block is valid; its split slot holds 512 f32 (16-byte aligned);
+                    // the staged row was written and fenced before the barrier.
                     unsafe {
-                        *(smem_ptr.add(row_off + N * 32) as *mut [f32; 2]) =
-                            [acc_o[4 * N + 2 * H] * inv[H], acc_o[4 * N + 2 * H + 1] * inv[H]];
-                    }
-                });
-            });
-            hw::fence_proxy_async_shared();
-            // SAFETY: every thread reaches it.
-            unsafe { arch::sync_threads() };
-            if (tid as usize) < valid_rows {
-                // SAFETY: row tid of this m-block is a valid row; its split slot holds 512 f32 (16-byte
-                // aligned); the staged row was written and fenced before the barrier.
-                unsafe {
-                    hw::bulk_store(
-                        p.o_accum + ((split_row0 + tid as usize) * HEAD_DIM_V * 4) as u64,
-                        base + (smem::KV + tid as usize * smem::O_STAGE_ROW_BYTES) as u32,
-                        (HEAD_DIM_V * 4) as u32,
-                    )
-                };
-                // The staging tile is overwritten by the next request's TMA after the barrier below.
-                hw::bulk_commit_and_wait_read();
+                        hw::bulk_store(
+                            p.o_accum + ((split_row0 + row) * HEAD_DIM_V * 4) as u64,
+                            base + (smem::Q + tid as usize * smem::O_STAGE_ROW_BYTES) as u32,
+                            (HEAD_DIM_V * 4) as u32,
+                        )
+                    };
+                    hw::bulk_commit_and_wait_read();
+                }
+                // The staging area is rewritten next (second half, then the next request's Q).
+                // SAFETY: every thread reaches it.
+                unsafe { arch::sync_threads() };
             }
         } else {
             unroll!(H in [0, 1] {
@@ -616,8 +715,7 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                 }
             });
         }
-        fills0 += n_blocks.div_ceil(2) as u32;
-        fills1 += (n_blocks / 2) as u32;
+        g_base += n_blocks;
         // Q, the KV buffers and the row sums are reused by the next request.
         // SAFETY: every thread reaches it.
         unsafe { arch::sync_threads() };

@@ -191,16 +191,7 @@ pub struct Sm90DecodeParams {
     pub k_tensor_map: TensorMapBytes,
     /// Device address of `grid size × 128` bytes, 64-byte aligned: one tensor-map slot per CTA.
     pub tensor_map_slots: u64,
-    /// Schedule variants of the kernel ([`SM90_LAG_PV_R`]).
-    pub schedule_flags: u32,
-    /// Padding; 0.
-    pub pad: u32,
 }
-
-/// [`Sm90DecodeParams::schedule_flags`] bit: warpgroup 1 computes `P·V_R` of block j while warpgroup 0
-/// does the softmax of block j + 1 (instead of alongside warpgroup 0's `P·V_L` of block j), so the
-/// tensor cores are not idle during the softmax.
-pub const SM90_LAG_PV_R: u32 = 1;
 
 // SAFETY: repr(C) over DeviceRecords and integers.
 unsafe impl DeviceRecord for Sm90DecodeParams {}
@@ -226,10 +217,30 @@ pub struct CombineParams {
     pub heads_per_kv: i32,
     /// `s_q · heads_per_kv`.
     pub q_seq_per_hk: i32,
+    /// (row, column quarter) tasks each warp merges in turn ([`combine_tasks_per_warp`]).
+    pub tasks_per_warp: i32,
+    /// Padding; 0.
+    pub pad: i32,
 }
 
 // SAFETY: repr(C), integers only.
 unsafe impl DeviceRecord for CombineParams {}
+
+/// Combine CTAs the grid aims at: about one wave of 8 CTAs per SM on a 132-SM H200. Every CTA pays a
+/// launch and a `num_splits` read even when its request was not split (then it exits at once), so a
+/// grid of one task per warp cost 13 µs at b = 128, h_q = 128 with nothing to merge.
+pub const COMBINE_TARGET_CTAS: usize = 1024;
+
+/// Tasks per combine warp for `tasks` (row, column quarter) tasks in all: enough that the grid has
+/// about [`COMBINE_TARGET_CTAS`] CTAs, at least 1.
+pub const fn combine_tasks_per_warp(tasks: usize) -> usize {
+    let per_warp = tasks.div_ceil(COMBINE_TARGET_CTAS * crate::COMBINE_WARPS as usize);
+    if per_warp == 0 {
+        1
+    } else {
+        per_warp
+    }
+}
 
 /// Where the final results go: `out [b, s_q, h_q, 512]` (q's dtype, last dimension contiguous) and
 /// `lse [b, h_q, s_q]` (`f32`, natural log), with element strides. Written by the decode kernel for

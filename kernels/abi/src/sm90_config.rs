@@ -40,9 +40,9 @@ pub mod sm90_smem {
     pub const ROW_SUM: usize = ROW_SCALE + BLOCK_SIZE_M * 4;
     /// mbarriers: one per (KV buffer, tile), 8 bytes each.
     pub const BARRIERS: usize = ROW_SUM + BLOCK_SIZE_M * 4;
-    /// Row stride of the f32 output staging tile of split requests (64 rows, in the KV buffers once the
-    /// request's last block is done): 512 floats plus 8, so the 8 rows one warp store touches fall in
-    /// different bank groups (FlashMLA's 520).
+    /// Row stride of the f32 output staging area of split requests (32 rows at a time, in the Q tile
+    /// once the request's last `Q·Kᵀ` is done): 512 floats plus 8, so the 8 rows one warp store
+    /// touches fall in different bank groups (FlashMLA's 520).
     pub const O_STAGE_ROW_BYTES: usize = (HEAD_DIM_V + 8) * 4;
     /// Total dynamic shared memory of one CTA.
     pub const TOTAL: usize = BARRIERS + SM90_KV_BUFFERS * K_TILES * 8;
@@ -57,7 +57,7 @@ const _: () = assert!(
         && sm90_smem::BARRIERS.is_multiple_of(8)
 );
 const _: () = assert!(
-    BLOCK_SIZE_M * sm90_smem::O_STAGE_ROW_BYTES <= SM90_KV_BUFFERS * sm90_smem::KV_BUFFER
+    BLOCK_SIZE_M / 2 * sm90_smem::O_STAGE_ROW_BYTES <= sm90_smem::KV - sm90_smem::Q
         && sm90_smem::O_STAGE_ROW_BYTES.is_multiple_of(16)
 );
 const _: () = assert!(
