@@ -14,11 +14,13 @@
 //!   bottom-right causal border (`get_mask_len`), the split/unsplit epilogue (`store_o`) and PDL.
 //!
 //! The warpgroup schedule is simpler than FlashMLA's "seesaw": warpgroup 0 computes `S`, the softmax
-//! and its half `O_L += P·V_L` (P from registers); it hands P (bf16, swizzled) and the row rescale
-//! factors to warpgroup 1 through shared memory, which computes `O_R = O_R·α + P·V_R`. Warpgroup 1's
-//! `wgmma`s keep the tensor cores busy while warpgroup 0 does its softmax. The tiles of a page are
-//! refilled with the page two blocks ahead by the warpgroup that reads them last: tile 8 (RoPE) right
-//! after `Q·Kᵀ`, tiles 0..4 after `P·V_L`, tiles 4..8 after `P·V_R`.
+//! and its half `O_L += P·V_L` (P from registers), and queues `S = Q·Kᵀ` of the next block right behind
+//! `P·V_L`; it hands P (bf16, swizzled) and the row rescale factors to warpgroup 1 through shared
+//! memory, which computes `O_R = O_R·α + P·V_R`. The KV blocks of all the requests of an SM part form
+//! one sequence: a tile is refilled with the block two ahead (next request's included) by the thread
+//! of the warpgroup that reads it last: tile 8 (RoPE) right after `Q·Kᵀ`, tiles 0..4 after `P·V_L`,
+//! tiles 4..8 after `P·V_R`. Split partials are staged in shared memory and written by bulk copies.
+//! PERF_NOTES.md has what each choice was predicted to do and did.
 
 use crate::arch;
 use crate::hopper::{self as hw, WgmmaElement};
