@@ -345,6 +345,17 @@ impl FlashMla {
     /// The kernel `kernel` stands for on this handle: [`DecodeKernel::Auto`] resolves to
     /// [`DecodeKernel::Hopper`] where the sm_90a module is loaded, else [`DecodeKernel::Portable`];
     /// asking for the Hopper kernel where there is none is [`Error::KernelUnavailable`].
+    ///
+    /// ```no_run
+    /// # fn main() -> flashmla::Result<()> {
+    /// use flashmla::{DecodeKernel, DecodeOptions, FlashMla};
+    /// let fm = FlashMla::new(0)?;
+    /// println!("decode runs the {} kernel", fm.resolve_kernel(DecodeKernel::Auto)?);
+    /// // The portable mma.sync kernel, e.g. to cross-check the Hopper one:
+    /// let options = DecodeOptions { kernel: DecodeKernel::Portable, ..Default::default() };
+    /// # let _ = options;
+    /// # Ok(()) }
+    /// ```
     pub fn resolve_kernel(&self, kernel: DecodeKernel) -> Result<DecodeKernel> {
         match (kernel, self.inner.decode_sm90.is_some()) {
             (DecodeKernel::Portable, _) | (DecodeKernel::Auto, false) => Ok(DecodeKernel::Portable),

@@ -360,12 +360,24 @@ gpu_case!(decode_kernel_selection, |fm| {
     ))
 });
 
-// A decode written through strided views (q inside a wider buffer, out with padded rows, lse
-// transposed to [b, s_q, h_q]) must equal the contiguous decode bit for bit.
+// A decode written through strided views (q inside a wider buffer, the KV cache head-major with padded
+// rows, out with padded rows, lse transposed to [b, s_q, h_q]) must equal the contiguous decode bit for
+// bit.
 gpu_case!(decode_strided_views_match_contiguous, |fm| {
+    strided_views_match_contiguous(&fm, DecodeKernel::Auto)
+});
+
+gpu_case!(decode_strided_views_match_contiguous_portable, |fm| {
+    strided_views_match_contiguous(&fm, DecodeKernel::Portable)
+});
+
+fn strided_views_match_contiguous(fm: &FlashMla, kernel: DecodeKernel) -> Result<String, String> {
     let stream = fm.new_stream().map_err(|e| e.to_string())?;
     let shape = DecodeShape::new(5, 2, 32, 2).map_err(|e| e.to_string())?;
-    let spec = CaseSpec::new(shape, 700, true, true, DType::Bf16, seed());
+    let spec = CaseSpec {
+        kernel,
+        ..CaseSpec::new(shape, 700, true, true, DType::Bf16, seed())
+    };
     let case = fm
         .generate_case::<bf16>(&stream, &spec)
         .map_err(|e| e.to_string())?;
@@ -388,6 +400,22 @@ gpu_case!(decode_strided_views_match_contiguous, |fm| {
         wide[row * 640..row * 640 + 576].copy_from_slice(&q_host[row * 576..row * 576 + 576]);
     }
     let q_wide = cuda(stream.clone_htod(&wide))?;
+    // k_cache stored head-major within each page with padded rows, [pages, h_kv, 64, 640], and viewed as
+    // [pages, 64, h_kv, 576]: the head stride exceeds the token stride (the TMA tensor map of the Hopper
+    // kernel must follow any strides the views allow).
+    let (pages, h_kv) = (case.layout.num_blocks, 2);
+    let k_host = cuda(stream.clone_dtoh(&case.k_cache))?;
+    let mut k_wide = vec![bf16::ZERO; pages * h_kv * 64 * 640];
+    for page in 0..pages {
+        for token in 0..64 {
+            for g in 0..h_kv {
+                let from = ((page * 64 + token) * h_kv + g) * 576;
+                let to = ((page * h_kv + g) * 64 + token) * 640;
+                k_wide[to..to + 576].copy_from_slice(&k_host[from..from + 576]);
+            }
+        }
+    }
+    let k_wide = cuda(stream.clone_htod(&k_wide))?;
     let mut out = cuda(stream.alloc_zeros::<bf16>(b * s_q * h_q * 520))?;
     let mut lse = cuda(stream.alloc_zeros::<f32>(b * s_q * h_q))?;
     {
@@ -398,6 +426,13 @@ gpu_case!(decode_strided_views_match_contiguous, |fm| {
                 q_wide.as_view(),
                 [b, s_q, h_q, 576],
                 [s_q * h_q * 640, h_q * 640, 640, 1],
+            )
+            .map_err(|e| e.to_string())?,
+            k_cache: TensorView::new(
+                "k_cache",
+                k_wide.as_view(),
+                [pages, 64, h_kv, 576],
+                [h_kv * 64 * 640, 640, 64 * 640, 1],
             )
             .map_err(|e| e.to_string())?,
             ..base
@@ -444,8 +479,11 @@ gpu_case!(decode_strided_views_match_contiguous, |fm| {
             }
         }
     }
-    Ok("strided q/out/lse identical to contiguous".into())
-});
+    Ok(format!(
+        "kernel {}: strided q/k_cache/out/lse identical to contiguous",
+        fm.resolve_kernel(kernel).map_err(|e| e.to_string())?
+    ))
+}
 
 // The metadata + decode sequence of one step, captured in a CUDA graph and replayed with new KV
 // lengths, gives the same result as running it directly.
@@ -649,6 +687,7 @@ fn main() {
             decode_rejects_bad_buffers_before_launch,
             decode_corner_cases,
             decode_strided_views_match_contiguous,
+            decode_strided_views_match_contiguous_portable,
             decode_cuda_graph_capture_and_replay,
             decode_head_grid_sample,
             decode_portable_sm80_module,
