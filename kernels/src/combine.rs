@@ -132,13 +132,13 @@ unsafe fn combine_row<E: Element>(
         let mut s = 0;
         while s < in_chunk {
             let mut parts = [[0.0f32; COMBINE_COLS_PER_LANE]; COMBINE_SPLITS_IN_FLIGHT];
-            unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7] {
+            unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] {
                 if s + I < in_chunk {
                     // SAFETY: split chunk + s + I < count; 16-byte aligned inside its 512-column row.
                     parts[I] = unsafe { *(row_base.add((chunk + s + I) * split_stride) as *const [f32; 4]) };
                 }
             });
-            unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7] {
+            unroll!(I in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] {
                 // SAFETY: all lanes reach the shuffle (warp-uniform bounds); lanes past the chunk hold 0.
                 let w = unsafe { arch::shfl_idx_f32(weight, ((s + I) % 32) as u32) };
                 if s + I < in_chunk {
@@ -162,6 +162,6 @@ unsafe fn combine_row<E: Element>(
 }
 
 const _: () = assert!(
-    COMBINE_SPLITS_IN_FLIGHT == 8,
-    "the unrolled split loop above is written for 8"
+    COMBINE_SPLITS_IN_FLIGHT == 12,
+    "the unrolled split loop above is written for 12"
 );

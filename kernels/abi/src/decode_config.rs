@@ -44,8 +44,9 @@ pub const COMBINE_THREADS: u32 = COMBINE_WARPS * 32;
 pub const COMBINE_WARPS_PER_ROW: usize = 4;
 /// Output columns each lane of a combine warp owns (one float4).
 pub const COMBINE_COLS_PER_LANE: usize = HEAD_DIM_V / 32 / COMBINE_WARPS_PER_ROW;
-/// Splits whose partials a combine warp loads before it accumulates any (loads in flight per lane).
-pub const COMBINE_SPLITS_IN_FLIGHT: usize = 8;
+/// Splits whose partials a combine warp loads before it accumulates any (loads in flight per lane):
+/// 12 covers the 8–9 splits per request of a b = 8 batch on 66 SM parts in one round trip.
+pub const COMBINE_SPLITS_IN_FLIGHT: usize = 12;
 
 const _: () = assert!(PAGE_BLOCK_SIZE.is_multiple_of(KV_TILE) && KV_TILE == 32);
 const _: () = assert!(BLOCK_SIZE_M == 64 && DECODE_THREADS == 256);
