@@ -11,6 +11,9 @@
 //!    once per decode step, into a [`DecodePlan`] made once per batch shape ([`FlashMla::plan_decode`]);
 //! 2. the decode itself, [`FlashMla::decode`] (FlashMLA's `flash_mla_with_kvcache`), once per layer.
 //!
+//! On compute capability 9.0 (H100, H200) the decode runs a Hopper kernel (TMA, mbarriers, `wgmma`); on
+//! other sm_80+ GPUs, and on request ([`DecodeKernel::Portable`]), a portable `mma.sync` kernel.
+//!
 //! Neither allocates nor synchronises the host, so a step can be captured in a CUDA graph. Every invalid
 //! input is a typed [`Error`] before anything is launched. [`reference`](mod@reference) is an `f64` CPU reference of the
 //! same semantics; [`testdata`] builds FlashMLA-style test cases on the GPU and checks them against it;
