@@ -286,8 +286,8 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     eprintln!();
     let d = fm.device_info();
     let matmul = ceilings.matmul_tflops;
-    println!(
-        "{} ({}), module {}, kernel {}, {}; ceilings in this run: copy {:.0} GB/s, bf16 matmul {}",
+    let header = format!(
+        "{} ({} SMs), module {}, kernel {}, {}; ceilings in this run: copy {:.0} GB/s, bf16 matmul {}",
         d.name,
         d.sm_count,
         fm.ptx_module().name,
@@ -298,6 +298,7 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
             "{t:.0} TFLOPS"
         ))
     );
+    println!("{header}");
     println!(
         "{:>4} {:>3} {:>6} {:>4} {:>4} {:>6} {:>5} | {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} | {:>9} {:>7}",
         "b",
@@ -347,16 +348,7 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         );
     }
     if let Some(path) = &a.markdown {
-        let mut text = format!(
-            "{} ({} SMs), module {}, kernel {}, {}; ceilings in this run: copy {:.0} GB/s, bf16 matmul {}\n\n",
-            d.name,
-            d.sm_count,
-            fm.ptx_module().name,
-            fm.resolve_kernel(cli.kernel.into())?,
-            dtype,
-            ceilings.copy_gbps,
-            matmul.map_or("n/a".to_string(), |t| format!("{t:.0} TFLOPS"))
-        );
+        let mut text = format!("{header}\n\n");
         text += "| b | s_q | s_k | h_q | varlen | parts | µs (median) | memory floor µs | compute floor µs | TFLOPS | GB/s | % copy | % matmul | FlashMLA µs | vs FlashMLA |\n";
         text += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
         for r in &rows {

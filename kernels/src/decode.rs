@@ -128,11 +128,7 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
     let rows = p.q_seq_per_hk as u32;
     let hpk = p.heads_per_kv as u32;
     let row_base = (m_block * BLOCK_SIZE_M) as u32;
-    let valid_rows = if rows > row_base {
-        (rows - row_base).min(BLOCK_SIZE_M as u32) as usize
-    } else {
-        0
-    };
+    let valid_rows = flashmla_abi::m_block_valid_rows(rows, m_block as u32);
     let seqlens = p.seqlens_k as *const i32;
     let num_splits = p.num_splits as *const i32;
 

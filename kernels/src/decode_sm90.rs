@@ -241,11 +241,7 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
 
     let hpk = p.heads_per_kv as u32;
     let row_base = (m_block * BLOCK_SIZE_M) as u32;
-    let valid_rows = if rows > row_base {
-        (rows - row_base).min(BLOCK_SIZE_M as u32) as usize
-    } else {
-        0
-    };
+    let valid_rows = flashmla_abi::m_block_valid_rows(rows, m_block as u32);
     let num_splits = p.num_splits as *const i32;
     let load_tile = |buf: usize, tile: usize, page: i32| {
         let bar = bar(buf, tile);
@@ -592,7 +588,7 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                 if j + 1 == n_blocks && tok_end - blk_tok < PAGE_BLOCK_SIZE as i32 {
                     for tile in V_TILES_PER_WARPGROUP..2 * V_TILES_PER_WARPGROUP {
                         // SAFETY: landed already (warpgroup 0 waited); this orders the TMA writes before ours.
-                        unsafe { hw::mbarrier_wait(bar(buf, tile), parity) };
+                        unsafe { hw::mbarrier_wait_at::<0>(bar(buf, tile), parity) };
                     }
                     zero_oob_v_rows(buf, blk_tok);
                 }

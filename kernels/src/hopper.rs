@@ -18,7 +18,7 @@ unsafe extern "C" {
 
 /// An asm statement `$text` that also names every accumulator as an in/out operand (in a comment).
 macro_rules! acc_asm {
-    ($acc:ident, $text:literal, [$i0:literal $(, $i:literal)*] $(, ($($extra:tt)*))?) => {
+    ($acc:ident, $text:literal $(, ($($extra:tt)*))?, [$i0:literal $(, $i:literal)*]) => {
         asm!(
             $text,
             concat!("// {", $i0, "}" $(, " {", $i, "}")*),
@@ -28,9 +28,18 @@ macro_rules! acc_asm {
         )
     };
 }
-macro_rules! acc_asm_128 { ($acc:ident, $text:literal $(, $extra:tt)?) => { acc_asm!($acc, $text, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127] $(, $extra)?) }; }
-macro_rules! acc_asm_32 { ($acc:ident, $text:literal $(, $extra:tt)?) => { acc_asm!($acc, $text, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] $(, $extra)?) }; }
-
+/// Invokes `$m!($($args)*, [0, 1, .., 127])`: the accumulator indices of an m64n256 fragment, written once.
+macro_rules! with_indices_128 {
+    ($m:ident!($($args:tt)*)) => {
+        $m!($($args)*, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127])
+    };
+}
+/// Invokes `$m!($($args)*, [0, 1, .., 31])`: the accumulator indices of an m64n64 fragment.
+macro_rules! with_indices_32 {
+    ($m:ident!($($args:tt)*)) => {
+        $m!($($args)*, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31])
+    };
+}
 macro_rules! wgmma_ss_64 {
     ($ty:literal, $acc:ident, $a:ident, $b:ident, $sd:ident, $off:ident, [$i0:literal $(, $i:literal)*]) => {
         asm!(
@@ -135,37 +144,13 @@ pub unsafe fn mbarrier_arrive_expect_tx(bar: u32, bytes: u32) {
     }
 }
 
-/// Spins until the phase of `bar` with parity `parity` has completed (`mbarrier.try_wait.parity`,
-/// which itself suspends the thread for a while before reporting "not yet").
+/// Spins until the phase with parity `parity` of the mbarrier at shared address `base + OFF` has
+/// completed (`mbarrier.try_wait.parity`, which itself suspends the thread for a while before reporting
+/// "not yet"). The offset is an immediate, so LLVM keeps one base register instead of hoisting an
+/// address per unrolled barrier.
 ///
 /// # Safety
-/// `bar` is an initialised mbarrier in shared memory.
-#[inline(always)]
-pub unsafe fn mbarrier_wait(bar: u32, parity: u32) {
-    loop {
-        let done: u32;
-        // SAFETY: forwarded.
-        unsafe {
-            asm!(
-                "{{",
-                ".reg .pred p;",
-                "mbarrier.try_wait.parity.shared::cta.b64 p, [{b}], {ph};",
-                "selp.u32 {d}, 1, 0, p;",
-                "}}",
-                b = in(reg32) bar, ph = in(reg32) parity, d = out(reg32) done, options(nostack)
-            )
-        };
-        if done != 0 {
-            break;
-        }
-    }
-}
-
-/// [`mbarrier_wait`] on the mbarrier at shared address `base + OFF`, the offset an immediate (so LLVM
-/// keeps one base register instead of hoisting an address per unrolled barrier).
-///
-/// # Safety
-/// As [`mbarrier_wait`].
+/// `base + OFF` is an initialised mbarrier in shared memory.
 #[inline(always)]
 pub unsafe fn mbarrier_wait_at<const OFF: u32>(base: u32, parity: u32) {
     loop {
@@ -320,7 +305,7 @@ pub const fn sw128_desc(addr: u32, leading_bytes: u32, stride_bytes: u32) -> u64
 #[inline(always)]
 pub unsafe fn wgmma_fence_128(acc: &mut [f32; 128]) {
     // SAFETY: forwarded.
-    unsafe { acc_asm_128!(acc, "wgmma.fence.sync.aligned;") }
+    unsafe { with_indices_128!(acc_asm!(acc, "wgmma.fence.sync.aligned;")) }
 }
 
 /// `wgmma.fence.sync.aligned` with 32 accumulators as operands.
@@ -330,7 +315,7 @@ pub unsafe fn wgmma_fence_128(acc: &mut [f32; 128]) {
 #[inline(always)]
 pub unsafe fn wgmma_fence_32(acc: &mut [f32; 32]) {
     // SAFETY: forwarded.
-    unsafe { acc_asm_32!(acc, "wgmma.fence.sync.aligned;") }
+    unsafe { with_indices_32!(acc_asm!(acc, "wgmma.fence.sync.aligned;")) }
 }
 
 /// `wgmma.commit_group.sync.aligned`.
@@ -352,7 +337,7 @@ pub unsafe fn wgmma_commit() {
 #[inline(always)]
 pub unsafe fn wgmma_wait_128<const N: u32>(acc: &mut [f32; 128]) {
     // SAFETY: forwarded.
-    unsafe { acc_asm_128!(acc, "wgmma.wait_group.sync.aligned {n};", (n = const N)) }
+    unsafe { with_indices_128!(acc_asm!(acc, "wgmma.wait_group.sync.aligned {n};", (n = const N))) }
 }
 
 /// As [`wgmma_wait_128`], for 32 accumulators.
@@ -362,7 +347,7 @@ pub unsafe fn wgmma_wait_128<const N: u32>(acc: &mut [f32; 128]) {
 #[inline(always)]
 pub unsafe fn wgmma_wait_32<const N: u32>(acc: &mut [f32; 32]) {
     // SAFETY: forwarded.
-    unsafe { acc_asm_32!(acc, "wgmma.wait_group.sync.aligned {n};", (n = const N)) }
+    unsafe { with_indices_32!(acc_asm!(acc, "wgmma.wait_group.sync.aligned {n};", (n = const N))) }
 }
 
 /// `wgmma` for one 16-bit input type. Accumulators are f32; `m64nNk16` accumulator `i` of a thread
@@ -410,20 +395,7 @@ macro_rules! wgmma_element {
                 accumulate: u32,
             ) {
                 // SAFETY: forwarded.
-                unsafe {
-                    wgmma_ss_64!(
-                        $ty,
-                        acc,
-                        a,
-                        b,
-                        accumulate,
-                        OFF,
-                        [
-                            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
-                            20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
-                        ]
-                    )
-                }
+                unsafe { with_indices_32!(wgmma_ss_64!($ty, acc, a, b, accumulate, OFF)) }
             }
             #[inline(always)]
             unsafe fn wgmma_m64n256k16_rs_tb<const B_OFF: u64>(
@@ -432,25 +404,7 @@ macro_rules! wgmma_element {
                 b: u64,
             ) {
                 // SAFETY: forwarded.
-                unsafe {
-                    wgmma_rs_256!(
-                        $ty,
-                        acc,
-                        a,
-                        b,
-                        B_OFF,
-                        [
-                            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
-                            20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37,
-                            38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
-                            56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73,
-                            74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91,
-                            92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107,
-                            108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121,
-                            122, 123, 124, 125, 126, 127
-                        ]
-                    )
-                }
+                unsafe { with_indices_128!(wgmma_rs_256!($ty, acc, a, b, B_OFF)) }
             }
             #[inline(always)]
             unsafe fn wgmma_m64n256k16_ss_tb<const A_OFF: u64, const B_OFF: u64>(
@@ -459,26 +413,7 @@ macro_rules! wgmma_element {
                 b: u64,
             ) {
                 // SAFETY: forwarded.
-                unsafe {
-                    wgmma_ss_256!(
-                        $ty,
-                        acc,
-                        a,
-                        b,
-                        A_OFF,
-                        B_OFF,
-                        [
-                            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
-                            20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37,
-                            38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
-                            56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73,
-                            74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91,
-                            92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107,
-                            108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121,
-                            122, 123, 124, 125, 126, 127
-                        ]
-                    )
-                }
+                unsafe { with_indices_128!(wgmma_ss_256!($ty, acc, a, b, A_OFF, B_OFF)) }
             }
         }
     };

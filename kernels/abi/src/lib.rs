@@ -27,6 +27,22 @@ pub const HEAD_DIM_V: usize = 512;
 pub const PAGE_BLOCK_SIZE: usize = 64;
 /// Query rows (heads and tokens folded together) per CTA tile.
 pub const BLOCK_SIZE_M: usize = 64;
+/// Query rows of m-block `m_block` (of `BLOCK_SIZE_M` rows) that exist when there are `rows` in all;
+/// the rest of the block is padding.
+pub const fn m_block_valid_rows(rows: u32, m_block: u32) -> usize {
+    let row_base = m_block * BLOCK_SIZE_M as u32;
+    if rows > row_base {
+        let n = rows - row_base;
+        if n < BLOCK_SIZE_M as u32 {
+            n as usize
+        } else {
+            BLOCK_SIZE_M
+        }
+    } else {
+        0
+    }
+}
+
 /// The scheduler's estimate of one work chunk's start-up and drain cost, in KV blocks
 /// (FlashMLA's `fixed_overhead_num_blocks`; see FlashMLA issue #38).
 pub const FIXED_OVERHEAD_NUM_BLOCKS: i32 = 5;
