@@ -465,16 +465,8 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                         part_max[h] = part_max[h].max(arch::shfl_xor_f32(part_max[h], 1));
                         part_max[h] = part_max[h].max(arch::shfl_xor_f32(part_max[h], 2));
                     }
-                    let new_max = row_max[h].max(part_max[h]);
-                    // A row with no key so far keeps max −inf; use 0 as its reference so no inf − inf appears.
-                    m_ref[h] = if new_max == f32::NEG_INFINITY {
-                        0.0
-                    } else {
-                        new_max
-                    };
-                    alpha[h] = arch::exp2(row_max[h] - m_ref[h]);
-                    row_max[h] = new_max;
-                    row_sum[h] *= alpha[h];
+                    (m_ref[h], alpha[h]) =
+                        arch::online_softmax_step(&mut row_max[h], &mut row_sum[h], part_max[h]);
                 }
                 // P in the input dtype, packed in pairs: pair I = accumulators 2I, 2I + 1 (row + 8 when I is
                 // odd), which is also wgmma's register-A layout (k-step s takes pairs 4s..4s+4).
