@@ -59,3 +59,31 @@ const _: () = assert!(
 );
 const _: () = assert!(PAGE_BLOCK_SIZE == BLOCK_SIZE_M);
 const _: () = assert!(SCHED_META_THREADS == 32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn m_block_rows() {
+        assert_eq!(m_block_valid_rows(16, 0), 16);
+        assert_eq!(m_block_valid_rows(64, 0), 64);
+        assert_eq!(m_block_valid_rows(126, 1), 62);
+        assert_eq!(m_block_valid_rows(128, 1), 64);
+        assert_eq!(m_block_valid_rows(128, 2), 0);
+    }
+
+    #[test]
+    fn combine_tasks() {
+        assert_eq!(combine_tasks_per_warp(0), 1);
+        assert_eq!(
+            combine_tasks_per_warp(512),
+            1,
+            "b = 1, h_q = 128: one task per warp"
+        );
+        let tasks = 128 * 128 * 4; // b = 128, 128 rows, 4 quarters
+        let per_warp = combine_tasks_per_warp(tasks);
+        assert_eq!(per_warp, 8);
+        assert!(tasks.div_ceil(per_warp * COMBINE_WARPS as usize) <= COMBINE_TARGET_CTAS);
+    }
+}
