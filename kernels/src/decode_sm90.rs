@@ -465,8 +465,16 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                         part_max[h] = part_max[h].max(arch::shfl_xor_f32(part_max[h], 1));
                         part_max[h] = part_max[h].max(arch::shfl_xor_f32(part_max[h], 2));
                     }
-                    (m_ref[h], alpha[h]) =
-                        arch::online_softmax_step(&mut row_max[h], &mut row_sum[h], part_max[h]);
+                    let new_max = row_max[h].max(part_max[h]);
+                    // A row with no key so far keeps max −inf; use 0 as its reference so no inf − inf appears.
+                    m_ref[h] = if new_max == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        new_max
+                    };
+                    alpha[h] = arch::exp2(row_max[h] - m_ref[h]);
+                    row_max[h] = new_max;
+                    row_sum[h] *= alpha[h];
                 }
                 // P in the input dtype, packed in pairs: pair I = accumulators 2I, 2I + 1 (row + 8 when I is
                 // odd), which is also wgmma's register-A layout (k-step s takes pairs 4s..4s+4).
@@ -580,7 +588,7 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                 if j + 1 == n_blocks && tok_end - blk_tok < PAGE_BLOCK_SIZE as i32 {
                     for tile in V_TILES_PER_WARPGROUP..2 * V_TILES_PER_WARPGROUP {
                         // SAFETY: landed already (warpgroup 0 waited); this orders the TMA writes before ours.
-                        unsafe { hw::mbarrier_wait_at::<0>(bar(buf, tile), parity) };
+                        unsafe { hw::mbarrier_wait(bar(buf, tile), parity) };
                     }
                     zero_oob_v_rows(buf, blk_tok);
                 }

@@ -144,6 +144,33 @@ pub unsafe fn mbarrier_arrive_expect_tx(bar: u32, bytes: u32) {
     }
 }
 
+/// Spins until the phase of the mbarrier at shared address `bar` with parity `parity` has completed;
+/// [`mbarrier_wait_at`] with the address in one register (the `+0` form changes the PTX text, and the
+/// kernel was validated on the H200 with this one).
+///
+/// # Safety
+/// `bar` is an initialised mbarrier in shared memory.
+#[inline(always)]
+pub unsafe fn mbarrier_wait(bar: u32, parity: u32) {
+    loop {
+        let done: u32;
+        // SAFETY: forwarded.
+        unsafe {
+            asm!(
+                "{{",
+                ".reg .pred p;",
+                "mbarrier.try_wait.parity.shared::cta.b64 p, [{b}], {ph};",
+                "selp.u32 {d}, 1, 0, p;",
+                "}}",
+                b = in(reg32) bar, ph = in(reg32) parity, d = out(reg32) done, options(nostack)
+            )
+        };
+        if done != 0 {
+            break;
+        }
+    }
+}
+
 /// Spins until the phase with parity `parity` of the mbarrier at shared address `base + OFF` has
 /// completed (`mbarrier.try_wait.parity`, which itself suspends the thread for a while before reporting
 /// "not yet"). The offset is an immediate, so LLVM keeps one base register instead of hoisting an
