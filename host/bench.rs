@@ -10,9 +10,33 @@ use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
 use flashmla_abi::{FillParams, HEAD_DIM_K, HEAD_DIM_V};
 use std::sync::Arc;
 
-/// FlashMLA's figures measured on this project's H200 (upstream 9edee0c built from source, CUDA 13.0,
-/// `triton.testing.do_bench` over split + combine, causal, bf16, h_kv = 1): `(b, s_q, s_k, h_q, varlen, ms)`.
+/// FlashMLA measured on this project's H200 on 2026-11-30, for orientation only (absolute times on these
+/// GPUs move by ~15% with thermal and power state): both upstream versions built with the CUTLASS commit
+/// each pins (9edee0c, the v1 "seesaw" kernel; b31bfe7, the original kernel FlashMLA recommends for
+/// memory-bound shapes), `triton.testing.do_bench` median over split + combine with an L2 flush, causal,
+/// bf16, h_kv = 1, FlashMLA's own varlen lengths ([`FLASHMLA_GRID_SEQLENS`]). Columns: `b, s_q, s_k, h_q,
+/// varlen, total_seqlen_k, flashmla_9edee0c_us, flashmla_b31bfe7_us, best_us, best_tflops, best_gbps`.
+/// A speed claim against FlashMLA needs FlashMLA timed in the same run: see [`FlashMlaTimes`].
 pub const FLASHMLA_H200: &str = include_str!("../benches/flashmla_h200.csv");
+
+/// FlashMLA's varlen KV lengths for its benchmark grid (`random.seed(0)`, then
+/// `max(int(normalvariate(s_k, s_k / 2)), s_q)` per request, as in its `tests/test_flash_mla.py`), one
+/// line `b s_q s_k: len_0 … len_{b-1}` per (b, s_q, s_k). The benchmark's varlen shapes use these, so
+/// both sides are timed on the same Σs_k.
+pub const FLASHMLA_GRID_SEQLENS: &str = include_str!("../benches/flashmla_grid_seqlens.txt");
+
+/// FlashMLA's times for one shape from the 2026-11-30 reference run ([`FLASHMLA_H200`]), µs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FlashMlaReference {
+    /// Σ s_k of the lengths FlashMLA was timed on.
+    pub total_seqlen_k: usize,
+    /// FlashMLA 9edee0c (v1 kernel).
+    pub v1_us: f64,
+    /// FlashMLA b31bfe7 (original kernel).
+    pub v0_us: f64,
+    /// The better of the two: the bar.
+    pub best_us: f64,
+}
 
 /// One benchmark shape (FlashMLA's test grid uses causal, h_kv = 1, bf16).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -31,8 +55,47 @@ pub struct BenchShape {
     pub varlen: bool,
     /// Causal.
     pub causal: bool,
-    /// FlashMLA's time on our H200 for this shape, when measured (ms).
-    pub flashmla_ms: Option<f64>,
+    /// FlashMLA's times in the 2026-11-30 reference run, for this exact configuration (None for shapes
+    /// or settings it was not timed on).
+    pub reference: Option<FlashMlaReference>,
+}
+
+impl BenchShape {
+    /// The shape's (b, s_q, s_k, h_q, varlen) key, as in FlashMLA's CSV files.
+    pub fn key(&self) -> ShapeKey {
+        (self.b, self.s_q, self.s_k, self.h_q, self.varlen)
+    }
+
+    /// The KV lengths to benchmark: FlashMLA's own for its varlen grid shapes, `s_k` for fixed-length
+    /// shapes, `None` (drawn by the case generator) for varlen shapes FlashMLA's grid lacks.
+    pub fn seqlens(&self) -> Option<Vec<i32>> {
+        if !self.varlen {
+            return Some(vec![self.s_k as i32; self.b]);
+        }
+        flashmla_grid_seqlens(self.b, self.s_q, self.s_k)
+    }
+}
+
+/// FlashMLA's varlen lengths for (b, s_q, s_k) from [`FLASHMLA_GRID_SEQLENS`], if listed.
+pub fn flashmla_grid_seqlens(b: usize, s_q: usize, s_k: usize) -> Option<Vec<i32>> {
+    FLASHMLA_GRID_SEQLENS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (head, lens) = line.split_once(':')?;
+            let key: Vec<usize> = head
+                .split_whitespace()
+                .map(|v| v.parse().ok())
+                .collect::<Option<_>>()?;
+            if key != [b, s_q, s_k] {
+                return None;
+            }
+            let lens: Vec<i32> = lens
+                .split_whitespace()
+                .map(|v| v.parse().ok())
+                .collect::<Option<_>>()?;
+            (lens.len() == b).then_some(lens)
+        })
 }
 
 /// The shapes of [`FLASHMLA_H200`]: FlashMLA's grid (b = 128, s_q ∈ {1, 2}, s_k ∈ {4096, 8192, 16384},
@@ -44,6 +107,7 @@ pub fn flashmla_grid() -> Vec<BenchShape> {
         .filter_map(|line| {
             let f: Vec<&str> = line.split(',').collect();
             let n = |i: usize| f.get(i).and_then(|v| v.trim().parse::<usize>().ok());
+            let x = |i: usize| f.get(i).and_then(|v| v.trim().parse::<f64>().ok());
             Some(BenchShape {
                 b: n(0)?,
                 s_q: n(1)?,
@@ -52,10 +116,127 @@ pub fn flashmla_grid() -> Vec<BenchShape> {
                 h_kv: 1,
                 varlen: n(4)? == 1,
                 causal: true,
-                flashmla_ms: f.get(5).and_then(|v| v.trim().parse().ok()),
+                reference: Some(FlashMlaReference {
+                    total_seqlen_k: n(5)?,
+                    v1_us: x(6)?,
+                    v0_us: x(7)?,
+                    best_us: x(8)?,
+                }),
             })
         })
         .collect()
+}
+
+/// FlashMLA's times measured in the same run as ours, from the CSV files that
+/// `shared/tools/flashmla-anchor/time_flashmla.py` prints (`b,s_q,s_k,h_q,varlen,total_seqlen_k,us`),
+/// one file per FlashMLA version and round. Per shape the bar is the fastest time across the files.
+#[derive(Clone, Debug, Default)]
+pub struct FlashMlaTimes {
+    by_shape: Vec<FlashMlaTime>,
+}
+
+/// FlashMLA's fastest time for one shape across the files read.
+#[derive(Clone, Debug)]
+struct FlashMlaTime {
+    key: ShapeKey,
+    /// Σ s_k FlashMLA ran on.
+    total_seqlen_k: usize,
+    us: f64,
+    /// The file it came from.
+    origin: String,
+}
+
+/// (b, s_q, s_k, h_q, varlen).
+pub type ShapeKey = (usize, usize, usize, usize, bool);
+
+impl FlashMlaTimes {
+    /// Adds one CSV file's rows (`origin` names it in errors and in the table).
+    pub fn add_csv(&mut self, origin: &str, text: &str) -> Result<()> {
+        let err = |message: String| Error::BenchData {
+            origin: origin.to_string(),
+            message,
+        };
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let header = lines.next().ok_or_else(|| err("empty file".into()))?;
+        if header.trim() != "b,s_q,s_k,h_q,varlen,total_seqlen_k,us" {
+            return Err(err(format!(
+                "expected the header `b,s_q,s_k,h_q,varlen,total_seqlen_k,us` of time_flashmla.py, got `{header}`"
+            )));
+        }
+        for line in lines {
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            let bad = || err(format!("malformed row `{line}`"));
+            if f.len() != 7 {
+                return Err(bad());
+            }
+            let n = |i: usize| f[i].parse::<usize>().map_err(|_| bad());
+            let us: f64 = f[6].parse().map_err(|_| bad())?;
+            if !(us.is_finite() && us > 0.0) {
+                return Err(bad());
+            }
+            let key = (n(0)?, n(1)?, n(2)?, n(3)?, n(4)? == 1);
+            let total = n(5)?;
+            match self.by_shape.iter_mut().find(|e| e.key == key) {
+                Some(entry) => {
+                    if entry.total_seqlen_k != total {
+                        return Err(err(format!(
+                            "shape {key:?} ran on Σs_k = {total}, another file on {}",
+                            entry.total_seqlen_k
+                        )));
+                    }
+                    if us < entry.us {
+                        entry.us = us;
+                        entry.origin = origin.to_string();
+                    }
+                }
+                None => self.by_shape.push(FlashMlaTime {
+                    key,
+                    total_seqlen_k: total,
+                    us,
+                    origin: origin.to_string(),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and adds a CSV file.
+    pub fn add_file(&mut self, path: &std::path::Path) -> Result<()> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::BenchData {
+            origin: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        self.add_csv(&path.display().to_string(), &text)
+    }
+
+    /// Whether no file was added.
+    pub fn is_empty(&self) -> bool {
+        self.by_shape.is_empty()
+    }
+
+    /// FlashMLA's best time for `shape` (µs) and the file it came from, checked to have run on the same
+    /// Σs_k as ours (`total_seqlen_k`): a comparison on other lengths is an error, not a number.
+    pub fn best_us(
+        &self,
+        shape: &BenchShape,
+        total_seqlen_k: usize,
+    ) -> Result<Option<(f64, &str)>> {
+        if shape.h_kv != 1 || !shape.causal {
+            return Ok(None);
+        }
+        match self.by_shape.iter().find(|e| e.key == shape.key()) {
+            None => Ok(None),
+            Some(e) if e.total_seqlen_k != total_seqlen_k => Err(Error::BenchData {
+                origin: e.origin.clone(),
+                message: format!(
+                    "FlashMLA ran {:?} on Σs_k = {}, this benchmark on {total_seqlen_k}: not the same inputs",
+                    shape.key(),
+                    e.total_seqlen_k
+                ),
+            }),
+            Some(e) => Ok(Some((e.us, e.origin.as_str()))),
+        }
+    }
 }
 
 /// FlashMLA's FLOP count (`tests/test_flash_mla.py`): `s_q · Σs_k · h_q · (576 + 512) · 2` (no causal
@@ -279,6 +460,7 @@ impl Bencher {
         let dshape = DecodeShape::new(shape.b, shape.s_q, shape.h_q, shape.h_kv)?;
         let spec = CaseSpec {
             kernel: self.kernel,
+            seqlens: shape.seqlens(),
             ..CaseSpec::new(
                 dshape,
                 shape.s_k,
@@ -356,4 +538,83 @@ pub struct BenchRow {
     pub tflops: f64,
     /// GB/s by FlashMLA's formula.
     pub gbps: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_has_flashmla_reference_for_every_shape() {
+        let grid = flashmla_grid();
+        assert_eq!(grid.len(), 53);
+        assert_eq!(grid.iter().filter(|s| s.b == 128).count(), 48);
+        for s in &grid {
+            let r = s.reference.expect("every grid row has FlashMLA's times");
+            assert_eq!(r.best_us, r.v1_us.min(r.v0_us), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn varlen_shapes_use_flashmla_lengths() {
+        for s in flashmla_grid() {
+            let lens = s.seqlens();
+            let total: usize = lens
+                .as_ref()
+                .expect("every grid shape has fixed or FlashMLA lengths")
+                .iter()
+                .map(|&l| l as usize)
+                .sum();
+            // The same Σs_k FlashMLA was timed on, varlen or not.
+            assert_eq!(total, s.reference.unwrap().total_seqlen_k, "{s:?}");
+            assert!(lens.unwrap().iter().all(|&l| l >= s.s_q as i32));
+        }
+        assert_eq!(flashmla_grid_seqlens(128, 1, 5000), None);
+    }
+
+    #[test]
+    fn flashmla_times_take_the_best_and_check_lengths() {
+        let shape = flashmla_grid()[0];
+        let mut t = FlashMlaTimes::default();
+        assert!(t.is_empty());
+        t.add_csv(
+            "v1",
+            "b,s_q,s_k,h_q,varlen,total_seqlen_k,us\n128,1,4096,16,0,524288,170.0\n",
+        )
+        .unwrap();
+        t.add_csv(
+            "v0",
+            "b,s_q,s_k,h_q,varlen,total_seqlen_k,us\n128,1,4096,16,0,524288,160.5\n",
+        )
+        .unwrap();
+        assert_eq!(t.best_us(&shape, 524288).unwrap(), Some((160.5, "v0")));
+        // Other lengths than ours: an error, never a ratio.
+        assert!(t.best_us(&shape, 524289).is_err());
+        let other = BenchShape { h_q: 32, ..shape };
+        assert_eq!(t.best_us(&other, 524288).unwrap(), None);
+        let non_causal = BenchShape {
+            causal: false,
+            ..shape
+        };
+        assert_eq!(t.best_us(&non_causal, 524288).unwrap(), None);
+        assert!(t
+            .add_csv(
+                "bad",
+                "b,s_q,s_k,h_q,varlen,total_seqlen_k,us\n128,1,4096,16,0,524000,150\n"
+            )
+            .is_err());
+        assert!(t.add_csv("bad", "b,s_q,us\n1,2,3\n").is_err());
+        assert!(t
+            .add_csv(
+                "bad",
+                "b,s_q,s_k,h_q,varlen,total_seqlen_k,us\n128,1,4096\n"
+            )
+            .is_err());
+        assert!(t
+            .add_csv(
+                "bad",
+                "b,s_q,s_k,h_q,varlen,total_seqlen_k,us\n128,1,4096,16,0,524288,nan\n"
+            )
+            .is_err());
+    }
 }

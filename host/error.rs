@@ -199,6 +199,15 @@ pub enum Error {
     /// cuBLAS (used only to measure the matmul ceiling in benchmarks) could not be loaded.
     #[error("cuBLAS is not available: {0}")]
     Cublas(String),
+    /// Benchmark input data (a FlashMLA timing CSV, the grid's lengths) is unreadable or does not match
+    /// the benchmarked shapes.
+    #[error("benchmark data {origin}: {message}")]
+    BenchData {
+        /// The file or table.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Writing a result file failed.
     #[error("writing {path}: {source}")]
     Io {

@@ -32,6 +32,9 @@ pub struct CaseSpec {
     pub mean_seqlen_k: usize,
     /// Lengths drawn from `normal(mean, mean/2)`, at least `s_q`.
     pub varlen: bool,
+    /// These exact KV lengths (one per request) instead of drawn ones: the benchmark uses FlashMLA's own
+    /// varlen lengths, so both are timed on the same Σs_k.
+    pub seqlens: Option<Vec<i32>>,
     /// About half the requests get length 0.
     pub zero_lengths: bool,
     /// Causal mask.
@@ -62,6 +65,7 @@ impl CaseSpec {
             shape,
             mean_seqlen_k,
             varlen,
+            seqlens: None,
             zero_lengths: false,
             causal,
             dtype,
@@ -150,15 +154,18 @@ impl CaseLayout {
         let s_q = spec.shape.seqlen_q;
         let mut rng = SplitMix64::new(spec.seed);
         let mean = spec.mean_seqlen_k as f64;
-        let mut seqlens: Vec<i32> = (0..b)
-            .map(|_| {
-                if spec.varlen {
-                    (mean + rng.normal() * mean / 2.0).max(s_q as f64) as i32
-                } else {
-                    spec.mean_seqlen_k as i32
-                }
-            })
-            .collect();
+        let mut seqlens: Vec<i32> = match &spec.seqlens {
+            Some(given) => given.clone(),
+            None => (0..b)
+                .map(|_| {
+                    if spec.varlen {
+                        (mean + rng.normal() * mean / 2.0).max(s_q as f64) as i32
+                    } else {
+                        spec.mean_seqlen_k as i32
+                    }
+                })
+                .collect(),
+        };
         if spec.zero_lengths {
             seqlens.iter_mut().for_each(|s| {
                 if rng.below(2) == 0 {
@@ -308,6 +315,18 @@ impl FlashMla {
                 expected: T::DTYPE,
                 got: spec.dtype,
             });
+        }
+        if let Some(given) = &spec.seqlens {
+            if given.len() != spec.shape.batch_size {
+                return Err(Error::Shape {
+                    name: "case seqlens",
+                    expected: vec![spec.shape.batch_size],
+                    got: vec![given.len()],
+                });
+            }
+            if let Some((index, &value)) = given.iter().enumerate().find(|(_, &v)| v < 0) {
+                return Err(Error::NegativeSeqlen { index, value });
+            }
         }
         let layout = CaseLayout::generate(spec);
         let s = &spec.shape;

@@ -4,7 +4,7 @@
 //! * `flashmla bench`: FlashMLA's benchmark grid (or a subset / one shape), timed with CUDA events.
 //! * `flashmla check`: the correctness sweep against the f64 CPU reference.
 use clap::{Parser, Subcommand, ValueEnum};
-use flashmla::bench::{flashmla_grid, BenchRow, BenchShape, Bencher};
+use flashmla::bench::{flashmla_grid, BenchRow, BenchShape, Bencher, FlashMlaTimes};
 use flashmla::ptx::PtxArch;
 use flashmla::testdata::{
     corner_cases, flashmla_sweep, head_grid_sample, run_case, DEFAULT_ROW_BUDGET,
@@ -113,6 +113,13 @@ struct BenchArgs {
     /// Write the table as Markdown (with both floors per shape), as kept in BENCHMARKS.md.
     #[arg(long)]
     markdown: Option<std::path::PathBuf>,
+    /// FlashMLA's times from this run on this GPU, as printed by the team's anchor script
+    /// `time_flashmla.py` (CSV `b,s_q,s_k,h_q,varlen,total_seqlen_k,us`); repeat for each FlashMLA
+    /// version. Per shape the fastest is the bar of the "vs FlashMLA" column; shapes FlashMLA ran on
+    /// other lengths are an error. Without it the column stays empty: absolute times move ~15% between
+    /// runs, so only a ratio measured side by side is a claim.
+    #[arg(long = "flashmla-csv")]
+    flashmla_csv: Vec<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -227,7 +234,7 @@ fn selected_shapes(a: &BenchArgs) -> Vec<BenchShape> {
             h_kv: a.h_kv,
             varlen: a.varlen.unwrap_or(false),
             causal: !a.no_causal,
-            flashmla_ms: None,
+            reference: None,
         }];
     }
     flashmla_grid()
@@ -240,11 +247,9 @@ fn selected_shapes(a: &BenchArgs) -> Vec<BenchShape> {
         .map(|s| BenchShape {
             h_kv: a.h_kv,
             causal: !a.no_causal,
-            flashmla_ms: if a.h_kv == 1 && !a.no_causal && a.dtype == Dtype::Bf16 {
-                s.flashmla_ms
-            } else {
-                None
-            },
+            reference: s
+                .reference
+                .filter(|_| a.h_kv == 1 && !a.no_causal && a.dtype == Dtype::Bf16),
             ..s
         })
         .collect()
@@ -256,6 +261,11 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         eprintln!("flashmla bench: no shape of the grid matches the filters (use --one for a custom shape)");
         return Ok(ExitCode::FAILURE);
     }
+    let mut flashmla = FlashMlaTimes::default();
+    for path in &a.flashmla_csv {
+        flashmla.add_file(path)?;
+    }
+    let same_run = a.dtype == Dtype::Bf16 && !flashmla.is_empty();
     let fm = open(cli)?;
     let stream = fm.new_stream()?;
     let dtype = if a.dtype == Dtype::Fp16 {
@@ -268,7 +278,7 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     eprint!("measuring ceilings (2 GiB copy, cuBLAS bf16 8192³)... ");
     let ceilings = bencher.ceilings()?;
     eprintln!("done");
-    let mut rows: Vec<BenchRow> = Vec::new();
+    let mut rows: Vec<(BenchRow, Option<f64>)> = Vec::new();
     for (i, shape) in shapes.iter().enumerate() {
         eprint!(
             "\r[{}/{}] b={} s_q={} s_k={} h_q={}{}          ",
@@ -281,7 +291,15 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
             if shape.varlen { " varlen" } else { "" }
         );
         let _ = std::io::stderr().flush();
-        rows.push(bencher.decode_row(shape, dtype, 0x5EED + i as u64)?);
+        let row = bencher.decode_row(shape, dtype, 0x5EED + i as u64)?;
+        let fl = if same_run {
+            flashmla
+                .best_us(shape, row.total_seqlen_k)?
+                .map(|(us, _)| us)
+        } else {
+            None
+        };
+        rows.push((row, fl));
     }
     eprintln!();
     let d = fm.device_info();
@@ -298,9 +316,16 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
             "{t:.0} TFLOPS"
         ))
     );
+    let ratio =
+        |fl: Option<f64>, us: f64| fl.map_or("-".to_string(), |f| format!("{:.2}x", f / us));
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     println!("{header}");
+    if !same_run {
+        println!("no FlashMLA times from this run (--flashmla-csv): the \"vs FlashMLA\" column is empty; \"ref\" is FlashMLA's best time in the 2026-11-30 run, for orientation only");
+    }
     println!(
-        "{:>4} {:>3} {:>6} {:>4} {:>4} {:>6} {:>5} | {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} | {:>9} {:>7}",
+        "{:>4} {:>3} {:>6} {:>4} {:>4} {:>6} {:>5} | {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} | {:>9} {:>7} | {:>9}",
         "b",
         "s_q",
         "s_k",
@@ -315,20 +340,14 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         "%copy",
         "%mm",
         "FlashMLA",
-        "speedup"
+        "vs FM",
+        "ref µs"
     );
-    for r in &rows {
+    for (r, fl) in &rows {
         let s = &r.shape;
         let pct_mm = matmul.map_or("-".to_string(), |m| format!("{:.1}", 100.0 * r.tflops / m));
-        let (fl, speedup) = match s.flashmla_ms {
-            Some(ms) => (
-                format!("{:.1}", ms * 1e3),
-                format!("{:.2}x", ms * 1e3 / r.us),
-            ),
-            None => ("-".into(), "-".into()),
-        };
         println!(
-            "{:>4} {:>3} {:>6} {:>4} {:>4} {:>6} {:>5} | {:>9.1} {:>9.1} {:>8.1} {:>7.0} {:>7.1} {:>7} | {:>9} {:>7}",
+            "{:>4} {:>3} {:>6} {:>4} {:>4} {:>6} {:>5} | {:>9.1} {:>9.1} {:>8.1} {:>7.0} {:>7.1} {:>7} | {:>9} {:>7} | {:>9}",
             s.b,
             s.s_q,
             s.s_k,
@@ -343,19 +362,21 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
             r.gbps,
             100.0 * r.gbps / ceilings.copy_gbps,
             pct_mm,
-            fl,
-            speedup
+            opt(*fl, 1),
+            ratio(*fl, r.us),
+            opt(s.reference.map(|f| f.best_us), 1),
         );
+    }
+    let summary = ratio_summary(&rows);
+    for line in &summary {
+        println!("{line}");
     }
     if let Some(path) = &a.markdown {
         let mut text = format!("{header}\n\n");
-        text += "| b | s_q | s_k | h_q | varlen | parts | µs (median) | memory floor µs | compute floor µs | TFLOPS | GB/s | % copy | % matmul | FlashMLA µs | vs FlashMLA |\n";
+        text += "| b | s_q | s_k | h_q | varlen | parts | µs (median) | memory floor µs | compute floor µs | TFLOPS | GB/s | % copy | % matmul | FlashMLA µs (this run) | vs FlashMLA |\n";
         text += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
-        for r in &rows {
+        for (r, fl) in &rows {
             let s = &r.shape;
-            let opt = |v: Option<f64>, digits: usize| {
-                v.map_or("-".to_string(), |v| format!("{v:.digits$}"))
-            };
             text += &format!(
                 "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {} | {} | {} |\n",
                 s.b,
@@ -371,10 +392,12 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
                 r.gbps,
                 100.0 * r.gbps / ceilings.copy_gbps,
                 opt(matmul.map(|m| 100.0 * r.tflops / m), 1),
-                opt(s.flashmla_ms.map(|ms| ms * 1e3), 1),
-                s.flashmla_ms
-                    .map_or("-".to_string(), |ms| format!("{:.2}x", ms * 1e3 / r.us))
+                opt(*fl, 1),
+                ratio(*fl, r.us)
             );
+        }
+        for line in &summary {
+            text += &format!("\n{line}\n");
         }
         std::fs::write(path, text).map_err(|source| Error::Io {
             path: path.clone(),
@@ -382,11 +405,11 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         })?;
     }
     if let Some(path) = &a.csv {
-        let mut text = String::from("b,s_q,s_k,h_q,h_kv,varlen,causal,dtype,total_seqlen_k,num_sm_parts,us_median,us_min,tflops,gbps,copy_gbps,matmul_tflops,flashmla_us,memory_floor_us,compute_floor_us\n");
-        for r in &rows {
+        let mut text = String::from("b,s_q,s_k,h_q,h_kv,varlen,causal,dtype,total_seqlen_k,num_sm_parts,us_median,us_min,tflops,gbps,copy_gbps,matmul_tflops,flashmla_us,flashmla_ref_best_us,memory_floor_us,compute_floor_us\n");
+        for (r, fl) in &rows {
             let s = &r.shape;
             text += &format!(
-                "{},{},{},{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{:.1},{:.1},{},{},{:.2},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{:.1},{:.1},{},{},{},{:.2},{}\n",
                 s.b,
                 s.s_q,
                 s.s_k,
@@ -403,8 +426,9 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
                 r.gbps,
                 ceilings.copy_gbps,
                 matmul.map_or(String::new(), |m| format!("{m:.1}")),
-                s.flashmla_ms
-                    .map_or(String::new(), |ms| format!("{:.1}", ms * 1e3)),
+                fl.map_or(String::new(), |us| format!("{us:.1}")),
+                s.reference
+                    .map_or(String::new(), |f| format!("{:.1}", f.best_us)),
                 r.memory_floor_us(&ceilings),
                 r.compute_floor_us(&ceilings)
                     .map_or(String::new(), |f| format!("{f:.2}"))
@@ -418,12 +442,12 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     if let Some(path) = &a.json {
         let items: Vec<String> = rows
             .iter()
-            .map(|r| {
+            .map(|(r, fl)| {
                 let s = &r.shape;
                 format!(
                     "{{\"b\":{},\"s_q\":{},\"s_k\":{},\"h_q\":{},\"h_kv\":{},\"varlen\":{},\"causal\":{},\"dtype\":\"{}\",\"total_seqlen_k\":{},\"num_sm_parts\":{},\"us_median\":{:.3},\"us_min\":{:.3},\"tflops\":{:.3},\"gbps\":{:.2},\"flashmla_us\":{}}}",
                     s.b, s.s_q, s.s_k, s.h_q, s.h_kv, s.varlen, s.causal, r.dtype, r.total_seqlen_k, r.num_sm_parts, r.us, r.min_us, r.tflops, r.gbps,
-                    s.flashmla_ms.map_or("null".into(), |ms| format!("{:.2}", ms * 1e3))
+                    fl.map_or("null".into(), |us| format!("{us:.2}"))
                 )
             })
             .collect();
@@ -441,6 +465,47 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         })?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lines summarising the ratios to FlashMLA measured in this run (FlashMLA µs / ours), by regime:
+/// compute-bound (h_q·s_q ≥ 128 rows per KV head), memory-bound fixed-length, memory-bound varlen,
+/// and batches other than 128.
+fn ratio_summary(rows: &[(BenchRow, Option<f64>)]) -> Vec<String> {
+    type Member = fn(&BenchShape) -> bool;
+    let classes: [(&str, Member); 5] = [
+        ("all", |_| true),
+        ("compute-bound (h_q·s_q ≥ 128)", |s| {
+            s.b == 128 && s.h_q * s.s_q / s.h_kv >= 128
+        }),
+        ("memory-bound, fixed length", |s| {
+            s.b == 128 && s.h_q * s.s_q / s.h_kv < 128 && !s.varlen
+        }),
+        ("memory-bound, varlen", |s| {
+            s.b == 128 && s.h_q * s.s_q / s.h_kv < 128 && s.varlen
+        }),
+        ("b ≠ 128", |s| s.b != 128),
+    ];
+    let mut lines = Vec::new();
+    for (name, member) in classes {
+        let mut ratios: Vec<f64> = rows
+            .iter()
+            .filter(|(r, _)| member(&r.shape))
+            .filter_map(|(r, fl)| fl.map(|f| f / r.us))
+            .collect();
+        if ratios.is_empty() {
+            continue;
+        }
+        let n = ratios.len();
+        let at_par = ratios.iter().filter(|&&x| x >= 1.0).count();
+        let (min, max) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+        let median = flashmla::bench::median(&mut ratios);
+        lines.push(format!(
+            "vs FlashMLA (this run), {name}: {n} shapes, {min:.2}–{max:.2}x, median {median:.2}x, {at_par} at ≥ 1.00x"
+        ));
+    }
+    lines
 }
 
 fn check(cli: &Cli, a: &CheckArgs) -> Result<ExitCode> {
