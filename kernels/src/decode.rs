@@ -15,18 +15,17 @@
 //! `ldmatrix.trans`).
 
 use crate::arch::{self, Element};
+use crate::attn::{self, RequestRange};
 use crate::unroll;
 
 // The unrolled k-steps below are written out: 36 of QKᵀ over the 576 head columns, 2 of PV over a tile.
 const _: () = assert!(HEAD_DIM_K / 16 == 36 && KV_TILE / 16 == 2);
 use flashmla_abi::{
-    part_range, sched_num_blocks, smem, DecodeParams, DecodingSchedMeta, BLOCK_SIZE_M, HEAD_DIM_K,
-    HEAD_DIM_V, KV_STAGES, KV_TILE, PAGE_BLOCK_SIZE, P_ROW, ROW_CHUNKS, SMEM_ROW,
+    smem, DecodeParams, DecodingSchedMeta, BLOCK_SIZE_M, HEAD_DIM_K, HEAD_DIM_V, KV_STAGES,
+    KV_TILE, PAGE_BLOCK_SIZE, P_ROW, ROW_CHUNKS, SMEM_ROW,
 };
 
 const THREADS: usize = flashmla_abi::DECODE_THREADS as usize;
-/// log(2): converts base-2 lse to natural log.
-const LN_2: f32 = core::f32::consts::LN_2;
 
 /// Per-thread coordinates inside the CTA's warp tiling.
 #[derive(Clone, Copy)]
@@ -126,41 +125,25 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
     // Row / head arithmetic in 32 bits: 64-bit divisions are subroutine calls on the GPU, and 64-bit
     // values take two of the registers the 128 accumulators per thread leave scarce.
     let rows = p.q_seq_per_hk as u32;
-    let hpk = p.heads_per_kv as u32;
+    let hpk = attn::heads_per_kv(p);
     let row_base = (m_block * BLOCK_SIZE_M) as u32;
     let valid_rows = flashmla_abi::m_block_valid_rows(rows, m_block as u32);
-    let seqlens = p.seqlens_k as *const i32;
     let num_splits = p.num_splits as *const i32;
 
     for req in meta.begin_req_idx..=meta.end_req_idx {
-        let b = req as usize;
-        // SAFETY: req < batch_size (the schedule covers exactly the batch).
-        let seqlen = unsafe { *seqlens.add(b) }.max(0);
-        // Tokens past the block table are never read (the host refuses such batches when it can see the
-        // lengths; this bound keeps the kernel memory-safe when it cannot).
-        let seqlen = seqlen.min(p.max_blocks_per_seq.saturating_mul(PAGE_BLOCK_SIZE as i32));
-        let (start_blk, end_blk, split_idx, is_split) =
-            part_range(&meta, req, sched_num_blocks(seqlen));
-        let tok_begin = start_blk * PAGE_BLOCK_SIZE as i32;
-        let mut tok_end = (end_blk * PAGE_BLOCK_SIZE as i32).min(seqlen);
-
-        // Bottom-right causal border of a row: keys j < seqlen − (s_q − 1 − t) (FlashMLA get_mask_len).
-        let limit = |local_row: usize| -> i32 {
-            let r = row_base + local_row as u32;
-            if p.is_causal != 0 && r < rows {
-                seqlen - (p.seqlen_q - 1 - (r / hpk) as i32)
-            } else {
-                seqlen
-            }
-        };
-        if valid_rows > 0 {
-            tok_end = tok_end.min(limit(valid_rows - 1));
-        }
-        let n_tiles = if tok_end > tok_begin {
-            ((tok_end - tok_begin) as usize).div_ceil(KV_TILE)
-        } else {
-            0
-        };
+        // SAFETY: req is in the work list (< batch_size).
+        let range = unsafe { RequestRange::new(p, &meta, req, row_base, valid_rows) };
+        let RequestRange {
+            b,
+            seqlen,
+            split_idx,
+            is_split,
+            tok_begin,
+            tok_end,
+            ..
+        } = range;
+        let n_tiles = range.blocks(KV_TILE);
+        let limit = |local_row: usize| attn::causal_limit(p, seqlen, row_base + local_row as u32);
         let row_limit = [
             limit(me.warp_row + me.group),
             limit(me.warp_row + me.group + 8),
@@ -173,14 +156,7 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
         unsafe {
             load_rows(s_q, BLOCK_SIZE_M, warp, lane_id, q_base, |row| {
                 let r = row_base + row as u32;
-                (r < rows).then(|| {
-                    let head = kv_head as u32 * hpk + r % hpk;
-                    q_base.offset(
-                        b as isize * p.q_batch_stride as isize
-                            + (r / hpk) as isize * p.q_seq_stride as isize
-                            + head as isize * p.q_head_stride as isize,
-                    )
-                })
+                (r < rows).then(|| attn::q_row(p, b, r, kv_head))
             })
         };
         // A 32-token tile never straddles a 64-token page, so each tile needs one block-table entry.
@@ -297,14 +273,9 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
                 let r = me.warp_row + me.group + 8 * h;
                 // SAFETY: inside the row-max array.
                 let tile_max = unsafe { (*s_max.add(r)).max(*s_max.add(BLOCK_SIZE_M + r)) };
-                let new_max = row_max[h].max(tile_max);
-                // A row with no key so far keeps max −inf; use 0 as its reference so no inf − inf appears.
-                m_ref[h] = if new_max == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    new_max
-                };
-                alpha[h] = arch::exp2(row_max[h] - m_ref[h]);
+                let (new_max, reference, factor) = attn::online_softmax_step(row_max[h], tile_max);
+                m_ref[h] = reference;
+                alpha[h] = factor;
                 row_max[h] = new_max;
                 row_sum[h] *= alpha[h];
             }
@@ -384,8 +355,7 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
             // SAFETY: inside the row-sum array.
             let sum = unsafe { *s_sum.add(local) + *s_sum.add(BLOCK_SIZE_M + local) };
             // FlashMLA: L == 0 or NaN → the row attended nothing: zero output, lse +inf (or −inf partial).
-            let empty = !(sum > 0.0);
-            let inv = if empty { 0.0 } else { arch::rcp(sum) };
+            let inv = attn::inverse_sum(sum);
             let r = row_base + local as u32;
             if r < rows {
                 let t = r / hpk;
@@ -402,7 +372,7 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
                         }
                     });
                     if me.half == 0 && me.tig == 0 {
-                        let lse2 = if empty { f32::NEG_INFINITY } else { arch::log2(sum) + row_max[H] };
+                        let lse2 = attn::lse_base2(sum, row_max[H]);
                         unsafe { *(p.lse_accum as *mut f32).add(row_idx) = lse2 };
                     }
                 } else {
@@ -415,7 +385,7 @@ pub unsafe fn splitkv_decode<E: Element>(p: &DecodeParams) {
                         }
                     });
                     if me.half == 0 && me.tig == 0 {
-                        let lse = if empty { f32::INFINITY } else { (arch::log2(sum) + row_max[H]) * LN_2 };
+                        let lse = attn::lse_natural(sum, row_max[H]);
                         // SAFETY: validated strides address lse[b, head, t].
                         unsafe { *(p.output.lse as *mut f32).offset(p.output.lse_offset(b, t, head)) = lse };
                     }

@@ -57,6 +57,40 @@ macro_rules! wgmma_ss_64 {
         )
     };
 }
+macro_rules! wgmma_rs_64 {
+    ($ty:literal, $acc:ident, $a:ident, $b:ident, $sd:ident, $off:ident, [$i0:literal $(, $i:literal)*]) => {
+        asm!(
+            "{{",
+            ".reg .pred p;",
+            ".reg .b64 db;",
+            "setp.ne.b32 p, {sd}, 0;",
+            "add.s64 db, {db}, {off};",
+            concat!("wgmma.mma_async.sync.aligned.m64n64k16.f32.", $ty, ".", $ty, " {{{", $i0, "}" $(, ", {", $i, "}")*, "}}, {{{a0}, {a1}, {a2}, {a3}}}, db, p, 1, 1, 0;"),
+            "}}",
+            inout(reg32) $acc[$i0], $(inout(reg32) $acc[$i],)*
+            a0 = in(reg32) $a[0], a1 = in(reg32) $a[1], a2 = in(reg32) $a[2], a3 = in(reg32) $a[3],
+            db = in(reg64) $b, sd = in(reg32) $sd, off = const $off,
+            options(nostack)
+        )
+    };
+}
+macro_rules! wgmma_rs_64_overwrite {
+    ($ty:literal, $acc:ident, $a:ident, $b:ident, $off:ident, [$i0:literal $(, $i:literal)*]) => {
+        asm!(
+            "{{",
+            ".reg .pred p;",
+            ".reg .b64 db;",
+            "setp.ne.b32 p, {zero}, 0;",
+            "add.s64 db, {db}, {off};",
+            concat!("wgmma.mma_async.sync.aligned.m64n64k16.f32.", $ty, ".", $ty, " {{{", $i0, "}" $(, ", {", $i, "}")*, "}}, {{{a0}, {a1}, {a2}, {a3}}}, db, p, 1, 1, 0;"),
+            "}}",
+            out(reg32) $acc[$i0], $(out(reg32) $acc[$i],)*
+            a0 = in(reg32) $a[0], a1 = in(reg32) $a[1], a2 = in(reg32) $a[2], a3 = in(reg32) $a[3],
+            db = in(reg64) $b, zero = in(reg32) 0u32, off = const $off,
+            options(nostack)
+        )
+    };
+}
 macro_rules! wgmma_rs_256 {
     ($ty:literal, $acc:ident, $a:ident, $b:ident, $off:ident, [$i0:literal $(, $i:literal)*]) => {
         asm!(
@@ -132,45 +166,6 @@ pub fn fence_mbarrier_init() {
     unsafe { asm!("fence.mbarrier_init.release.cluster;", options(nostack)) }
 }
 
-/// `mbarrier.arrive.expect_tx`: one arrival that also expects `bytes` of TMA transactions this phase.
-///
-/// # Safety
-/// `bar` is an initialised mbarrier in shared memory.
-#[inline(always)]
-pub unsafe fn mbarrier_arrive_expect_tx(bar: u32, bytes: u32) {
-    // SAFETY: forwarded.
-    unsafe {
-        asm!("mbarrier.arrive.expect_tx.shared::cta.b64 _, [{b}], {n};", b = in(reg32) bar, n = in(reg32) bytes, options(nostack))
-    }
-}
-
-/// Spins until the phase of the mbarrier at shared address `bar` with parity `parity` has completed;
-/// [`mbarrier_wait_at`] with the address in one register (the `+0` form changes the PTX text, and the
-/// kernel was validated on the H200 with this one).
-///
-/// # Safety
-/// `bar` is an initialised mbarrier in shared memory.
-#[inline(always)]
-pub unsafe fn mbarrier_wait(bar: u32, parity: u32) {
-    loop {
-        let done: u32;
-        // SAFETY: forwarded.
-        unsafe {
-            asm!(
-                "{{",
-                ".reg .pred p;",
-                "mbarrier.try_wait.parity.shared::cta.b64 p, [{b}], {ph};",
-                "selp.u32 {d}, 1, 0, p;",
-                "}}",
-                b = in(reg32) bar, ph = in(reg32) parity, d = out(reg32) done, options(nostack)
-            )
-        };
-        if done != 0 {
-            break;
-        }
-    }
-}
-
 /// Spins until the phase with parity `parity` of the mbarrier at shared address `base + OFF` has
 /// completed (`mbarrier.try_wait.parity`, which itself suspends the thread for a while before reporting
 /// "not yet"). The offset is an immediate, so LLVM keeps one base register instead of hoisting an
@@ -199,44 +194,89 @@ pub unsafe fn mbarrier_wait_at<const OFF: u32>(base: u32, parity: u32) {
     }
 }
 
-/// `st.shared.b32 [base ^ X], value`: a store into a 128-byte-swizzled tile, whose 16-byte chunk index
-/// is XOR-ed with the row; the XOR is inside the asm so the unrolled addresses are not hoisted.
+/// `createpolicy.fractional.L2::evict_first.b64`: an L2 cache policy that marks the lines a copy brings
+/// in as the first to evict (FlashMLA loads KV pages with it: each page is read once per CTA, while the
+/// other m-block CTAs of a request read it soon after, if at all).
+#[inline(always)]
+pub fn l2_evict_first_policy() -> u64 {
+    let policy: u64;
+    // SAFETY: computes a value.
+    unsafe {
+        asm!("createpolicy.fractional.L2::evict_first.b64 {p}, 1.0;", p = out(reg64) policy, options(pure, nomem, nostack))
+    };
+    policy
+}
+
+/// `cp.async.bulk.tensor.4d` (TMA): copies the box at `coords` of the tensor described by the tensor
+/// map at `tensor_map` (global memory) into shared memory at `dst + DST_OFF`, completing the
+/// transactions of the mbarrier at `bar + BAR_OFF`, with an L2 cache policy from
+/// [`l2_evict_first_policy`]. Coordinates outside the tensor read as zeros. The offsets are
+/// immediates: computed outside, ptxas hoists one register per tile and per barrier out of the loop
+/// that issues the copies.
 ///
 /// # Safety
-/// `base ^ X` is a 4-byte aligned shared address of 4 writable bytes.
+/// `tensor_map` is a valid, acquired tensor map; `dst + DST_OFF` has room for one box, aligned as its
+/// swizzle needs; the mbarrier expects the box's bytes.
 #[inline(always)]
-pub unsafe fn st_shared_u32_xor<const X: u32>(base: u32, value: u32) {
+pub unsafe fn tma_load_4d_hinted<const DST_OFF: u32, const BAR_OFF: u32>(
+    dst: u32,
+    tensor_map: u64,
+    bar: u32,
+    coords: [i32; 4],
+    policy: u64,
+) {
     // SAFETY: forwarded.
     unsafe {
         asm!(
-            "{{",
-            ".reg .b32 a;",
-            "xor.b32 a, {b}, {x};",
-            "st.shared.b32 [a], {v};",
-            "}}",
-            b = in(reg32) base, x = const X, v = in(reg32) value, options(nostack)
+            "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint [{d}+{doff}], [{m}, {{{c0}, {c1}, {c2}, {c3}}}], [{b}+{boff}], {pol};",
+            d = in(reg32) dst, m = in(reg64) tensor_map, b = in(reg32) bar,
+            c0 = in(reg32) coords[0], c1 = in(reg32) coords[1], c2 = in(reg32) coords[2], c3 = in(reg32) coords[3],
+            pol = in(reg64) policy, doff = const DST_OFF, boff = const BAR_OFF,
+            options(nostack)
         )
     }
 }
 
-/// `cp.async.bulk.tensor.4d` (TMA): copies the box at `coords` of the tensor described by the tensor
-/// map at `tensor_map` (global memory) into shared memory at `dst`, completing `bar`'s transactions.
-/// Coordinates outside the tensor read as zeros.
+/// `mbarrier.arrive.expect_tx` on the mbarrier at `bar + OFF` (immediate offset, see
+/// [`tma_load_4d_hinted`]).
 ///
 /// # Safety
-/// `tensor_map` is a valid, acquired tensor map; `dst` has room for one box, aligned as its swizzle
-/// needs; `bar` expects the box's bytes.
+/// `bar + OFF` is an initialised mbarrier in shared memory.
 #[inline(always)]
-pub unsafe fn tma_load_4d(dst: u32, tensor_map: u64, bar: u32, coords: [i32; 4]) {
+pub unsafe fn mbarrier_arrive_expect_tx_at<const OFF: u32>(bar: u32, bytes: u32) {
+    // SAFETY: forwarded.
+    unsafe {
+        asm!("mbarrier.arrive.expect_tx.shared::cta.b64 _, [{b}+{off}], {n};", b = in(reg32) bar, off = const OFF, n = in(reg32) bytes, options(nostack))
+    }
+}
+
+/// `stmatrix.sync.aligned.m8n8.x4.shared.b16 [addr], {r0, r1, r2, r3}` (sm_90): stores four 8 × 8
+/// matrices of 16-bit values held in the mma fragment layout (register `i` of lane `l` holds row `l / 4`,
+/// columns `2·(l % 4)`, `+1` of matrix `i`); lane `l` gives the address of row `l % 8` of matrix `l / 8`.
+/// Like `ldmatrix` (arch.rs), it is only used in warp-uniform control flow.
+///
+/// # Safety
+/// Warp-wide; each lane's `addr` is a 16-byte aligned shared address of 16 writable bytes.
+#[inline(always)]
+pub unsafe fn stmatrix_x4(addr: u32, values: [u32; 4]) {
     // SAFETY: forwarded.
     unsafe {
         asm!(
-            "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [{d}], [{m}, {{{c0}, {c1}, {c2}, {c3}}}], [{b}];",
-            d = in(reg32) dst, m = in(reg64) tensor_map, b = in(reg32) bar,
-            c0 = in(reg32) coords[0], c1 = in(reg32) coords[1], c2 = in(reg32) coords[2], c3 = in(reg32) coords[3],
-            options(nostack)
+            "stmatrix.sync.aligned.m8n8.x4.shared.b16 [{a}], {{{r0}, {r1}, {r2}, {r3}}};",
+            a = in(reg32) addr, r0 = in(reg32) values[0], r1 = in(reg32) values[1],
+            r2 = in(reg32) values[2], r3 = in(reg32) values[3], options(nostack)
         )
     }
+}
+
+/// `st.shared.v4.b32 [addr], {0, 0, 0, 0}`: zeroes 16 bytes of shared memory.
+///
+/// # Safety
+/// `addr` is a 16-byte aligned shared address of 16 writable bytes.
+#[inline(always)]
+pub unsafe fn st_shared_zero_16(addr: u32) {
+    // SAFETY: forwarded.
+    unsafe { asm!("st.shared.v4.b32 [{a}], {{0, 0, 0, 0}};", a = in(reg32) addr, options(nostack)) }
 }
 
 /// Stores a 128-byte tensor map to global memory and makes it usable by this thread's TMA copies:
@@ -335,6 +375,17 @@ pub unsafe fn wgmma_fence_128(acc: &mut [f32; 128]) {
     unsafe { with_indices_128!(acc_asm!(acc, "wgmma.fence.sync.aligned;")) }
 }
 
+/// `wgmma.fence.sync.aligned` with no register operands: before a wgmma that overwrites its
+/// accumulators.
+///
+/// # Safety
+/// As [`wgmma_fence_128`].
+#[inline(always)]
+pub unsafe fn wgmma_fence() {
+    // SAFETY: forwarded.
+    unsafe { asm!("wgmma.fence.sync.aligned;", options(nostack)) }
+}
+
 /// `wgmma.fence.sync.aligned` with 32 accumulators as operands.
 ///
 /// # Safety
@@ -393,6 +444,28 @@ pub trait WgmmaElement: Element {
         b: u64,
         accumulate: u32,
     );
+    /// `S (+)= A·Bᵀ`, 64 × 64 × 16, A from registers (four packed pairs in the m16n8k16 `A` layout per
+    /// 16-row slice), B K-major in shared memory at descriptor `b + OFF`; `accumulate == 0` overwrites.
+    ///
+    /// # Safety
+    /// As [`WgmmaElement::wgmma_m64n64k16_ss`]; `a` must not be written before the wgmma completes.
+    unsafe fn wgmma_m64n64k16_rs<const OFF: u64>(
+        acc: &mut [f32; 32],
+        a: [u32; 4],
+        b: u64,
+        accumulate: u32,
+    );
+    /// `S = A·Bᵀ`, 64 × 64 × 16, as [`WgmmaElement::wgmma_m64n64k16_rs`] with `accumulate == 0`, but
+    /// the accumulators are outputs only: their old values are not kept alive for it (with in/out
+    /// operands LLVM would hold the previous block's 32 scores in registers until the next `Q·Kᵀ`).
+    ///
+    /// # Safety
+    /// As [`WgmmaElement::wgmma_m64n64k16_rs`], after [`wgmma_fence`].
+    unsafe fn wgmma_m64n64k16_rs_overwrite<const OFF: u64>(
+        acc: &mut [f32; 32],
+        a: [u32; 4],
+        b: u64,
+    );
     /// `O += A·B`, 64 × 256 × 16, A from registers (four packed pairs in the m16n8k16 `A` layout per
     /// 16-row slice), B MN-major ("transposed") in shared memory at descriptor `b + B_OFF`.
     ///
@@ -423,6 +496,25 @@ macro_rules! wgmma_element {
             ) {
                 // SAFETY: forwarded.
                 unsafe { with_indices_32!(wgmma_ss_64!($ty, acc, a, b, accumulate, OFF)) }
+            }
+            #[inline(always)]
+            unsafe fn wgmma_m64n64k16_rs<const OFF: u64>(
+                acc: &mut [f32; 32],
+                a: [u32; 4],
+                b: u64,
+                accumulate: u32,
+            ) {
+                // SAFETY: forwarded.
+                unsafe { with_indices_32!(wgmma_rs_64!($ty, acc, a, b, accumulate, OFF)) }
+            }
+            #[inline(always)]
+            unsafe fn wgmma_m64n64k16_rs_overwrite<const OFF: u64>(
+                acc: &mut [f32; 32],
+                a: [u32; 4],
+                b: u64,
+            ) {
+                // SAFETY: forwarded.
+                unsafe { with_indices_32!(wgmma_rs_64_overwrite!($ty, acc, a, b, OFF)) }
             }
             #[inline(always)]
             unsafe fn wgmma_m64n256k16_rs_tb<const B_OFF: u64>(

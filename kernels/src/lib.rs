@@ -18,6 +18,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod arch;
+pub mod attn;
 pub mod combine;
 pub mod decode;
 #[cfg(flashmla_arch = "sm90a")]

@@ -20,40 +20,71 @@ pub const TILE_BYTES: usize = PAGE_BLOCK_SIZE * TILE_COLS * 2;
 /// KV pages resident in shared memory (double buffer).
 pub const SM90_KV_BUFFERS: usize = 2;
 
-/// Byte offsets of the Hopper decode kernel's dynamic shared memory. Every tile starts on a 1024-byte
-/// boundary: the 128-byte swizzle pattern repeats every 8 rows × 128 bytes, and both TMA and the wgmma
-/// descriptors assume tiles aligned to it.
+/// One 64 × 64 tile of 16-bit values (a TMA box, a wgmma operand): 1024-byte aligned, because the
+/// 128-byte swizzle pattern repeats every 8 rows × 128 bytes and both TMA and the wgmma descriptors
+/// assume tiles aligned to it.
+#[repr(C, align(1024))]
+pub struct SwizzledTile(pub [u8; TILE_BYTES]);
+
+/// The Hopper decode CTA's dynamic shared memory (FlashMLA's `SharedMemoryPlan`); its size is the launch's
+/// dynamic shared-memory request ([`sm90_smem::TOTAL`]).
+#[repr(C, align(1024))]
+pub struct Sm90SharedMemory {
+    /// Q of the current request: `K_TILES` tiles of 64 rows × 64 columns. Tile 8 (the RoPE columns) is
+    /// copied into registers once Q has landed; its space then holds P of the odd blocks (`sP1`). In the
+    /// epilogue the whole area stages the f32 partials of split requests.
+    pub q: [SwizzledTile; K_TILES],
+    /// Two KV pages (64 tokens × 576 columns each, as `K_TILES` tiles).
+    pub kv: [[SwizzledTile; K_TILES]; SM90_KV_BUFFERS],
+    /// P of the even blocks, rescaled to the pair's row maximum (`sP0`): warpgroup 1's `A` operand.
+    pub p0: SwizzledTile,
+    /// Running row maximum (base-2 logits) of the current request, shared by both warpgroups (`sM`).
+    pub row_max: [f32; BLOCK_SIZE_M],
+    /// Row rescale factors of the even (`[0]`, `sScale0`) and odd (`[1]`, `sScale1`) block of a pair.
+    pub row_scale: [[f32; BLOCK_SIZE_M]; 2],
+    /// Row sums of each warpgroup's blocks at the end of a request (`sL_reduction_wksp`).
+    pub row_sum: [[f32; BLOCK_SIZE_M]; 2],
+    /// mbarriers: one per (KV buffer, tile).
+    pub kv_barriers: [[u64; K_TILES]; SM90_KV_BUFFERS],
+}
+
+/// Byte offsets in [`Sm90SharedMemory`], for shared-memory addresses and `wgmma` descriptors.
 pub mod sm90_smem {
     use super::*;
-    /// Q: `K_TILES` tiles of 64 rows × 64 columns, 128-byte swizzled.
-    pub const Q: usize = 0;
-    /// KV pages: `SM90_KV_BUFFERS × K_TILES` tiles (64 tokens × 64 columns each).
-    pub const KV: usize = Q + K_TILES * TILE_BYTES;
+    use core::mem::{offset_of, size_of};
+    /// Q tiles.
+    pub const Q: usize = offset_of!(Sm90SharedMemory, q);
+    /// KV pages.
+    pub const KV: usize = offset_of!(Sm90SharedMemory, kv);
     /// Bytes of one KV page buffer.
-    pub const KV_BUFFER: usize = K_TILES * TILE_BYTES;
-    /// P (probabilities in the input dtype, 64 rows × 64 tokens), 128-byte swizzled: warpgroup 1's
-    /// `A` operand.
-    pub const P: usize = KV + SM90_KV_BUFFERS * KV_BUFFER;
-    /// Per-row rescale factor of the current block (64 `f32`), warpgroup 0 → warpgroup 1.
-    pub const ROW_SCALE: usize = P + TILE_BYTES;
-    /// Per-row softmax sum of the request (64 `f32`), for the epilogue of warpgroup 1.
-    pub const ROW_SUM: usize = ROW_SCALE + BLOCK_SIZE_M * 4;
-    /// mbarriers: one per (KV buffer, tile), 8 bytes each.
-    pub const BARRIERS: usize = ROW_SUM + BLOCK_SIZE_M * 4;
-    /// Row stride of the f32 output staging area of split requests (32 rows at a time, in the Q tile
-    /// once the request's last `Q·Kᵀ` is done): 512 floats plus 8, so the 8 rows one warp store
-    /// touches fall in different bank groups (FlashMLA's 520).
+    pub const KV_BUFFER: usize = size_of::<[SwizzledTile; K_TILES]>();
+    /// P of the even blocks (`sP0`).
+    pub const P0: usize = offset_of!(Sm90SharedMemory, p0);
+    /// P of the odd blocks (`sP1`): Q's tile 8, free once it is in registers.
+    pub const P1: usize = Q + (K_TILES - 1) * TILE_BYTES;
+    /// Running row maxima.
+    pub const ROW_MAX: usize = offset_of!(Sm90SharedMemory, row_max);
+    /// Row rescale factors (even block, then odd block).
+    pub const ROW_SCALE: usize = offset_of!(Sm90SharedMemory, row_scale);
+    /// Row sums (warpgroup 0's, then warpgroup 1's).
+    pub const ROW_SUM: usize = offset_of!(Sm90SharedMemory, row_sum);
+    /// mbarriers.
+    pub const BARRIERS: usize = offset_of!(Sm90SharedMemory, kv_barriers);
+    /// Row stride of the f32 output staging area of split requests (32 rows at a time, in the Q tiles
+    /// once the request's last `Q·Kᵀ` and `P·V` are done): 512 floats plus 8, so the 8 rows one warp
+    /// store touches fall in different bank groups (FlashMLA's 520).
     pub const O_STAGE_ROW_BYTES: usize = (HEAD_DIM_V + 8) * 4;
     /// Total dynamic shared memory of one CTA.
-    pub const TOTAL: usize = BARRIERS + SM90_KV_BUFFERS * K_TILES * 8;
+    pub const TOTAL: usize = size_of::<Sm90SharedMemory>();
 }
 
 const _: () = assert!(SM90_THREADS == 2 * WARPGROUP_THREADS && BLOCK_SIZE_M == 64);
 const _: () = assert!(K_TILES == 9 && V_TILES_PER_WARPGROUP == 4 && TILE_BYTES == 8192);
 const _: () = assert!(
     sm90_smem::KV.is_multiple_of(1024)
-        && sm90_smem::KV_BUFFER.is_multiple_of(1024)
-        && sm90_smem::P.is_multiple_of(1024)
+        && sm90_smem::KV_BUFFER == K_TILES * TILE_BYTES
+        && sm90_smem::P0.is_multiple_of(1024)
+        && sm90_smem::P1.is_multiple_of(1024)
         && sm90_smem::BARRIERS.is_multiple_of(8)
 );
 const _: () = assert!(
