@@ -5,6 +5,7 @@
 #     scripts/gpu-suite.sh                 # here: build
 #     target/gpu-suite/run.sh              # there: run the tests; prints "N passed, N failed, N skipped"
 #     target/gpu-suite/run.sh --bench      # there: also run the criterion benches
+#     target/gpu-suite/run.sh --sanitize   # there: also run compute-sanitizer's four tools on the corner cases
 #
 # The binaries need glibc >= 2.34 and the NVIDIA driver's libcuda.so.1 on the library path; nothing else.
 set -euo pipefail
@@ -27,7 +28,8 @@ cargo bench --no-run --message-format=json 2>/dev/null | executables | while rea
 cat > "$out/run.sh" <<'RUNNER'
 #!/usr/bin/env bash
 # Runs every test binary of the GPU suite and sums their results. Exit status: 0 only if nothing failed.
-# FLASHMLA_REQUIRE_GPU=1 turns "no GPU" skips into failures. --bench also runs the criterion benches.
+# FLASHMLA_REQUIRE_GPU=1 turns "no GPU" skips into failures. --bench also runs the criterion benches;
+# --sanitize also runs compute-sanitizer (memcheck, synccheck, racecheck, initcheck) on the corner cases.
 cd "$(dirname "$0")"
 passed=0; failed=0; skipped=0
 mkdir -p logs
@@ -53,6 +55,14 @@ smoke() { # name command...: a CLI run counted as one pass or failure
 smoke "flashmla info" bin/flashmla info
 smoke "flashmla bench (one small shape)" bin/flashmla bench --one --b 4 --s-q 2 --s-k 300 --h-q 16 --iters 3
 smoke "flashmla check (corner cases)" bin/flashmla check --suite corner
+if [ "${1:-}" = "--sanitize" ]; then
+  # compute-sanitizer over the corner cases (both kernels' paths, split and unsplit, ragged tails, zero
+  # lengths): each tool counts as one pass or failure.
+  for tool in memcheck synccheck racecheck initcheck; do
+    smoke "compute-sanitizer --tool $tool (check --suite corner)" \
+      compute-sanitizer --tool "$tool" --error-exitcode 1 --print-limit 20 bin/flashmla check --suite corner --seed 1
+  done
+fi
 if [ "${1:-}" = "--bench" ]; then
   for b in benches/*; do echo "=== bench $(basename "$b")"; "$b" --bench || failed=$((failed + 1)); done
 fi

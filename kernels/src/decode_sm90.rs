@@ -57,11 +57,14 @@ const V_R_OFFSET: u32 = (V_TILES_PER_WARPGROUP * TILE_BYTES) as u32;
 /// its P (`sP0`, fenced for the async proxy) are in shared memory (FlashMLA `sScale0Ready` + `sP0Ready`).
 const BAR_EVEN_READY: u32 = 1;
 /// Warpgroup 1 → 0: the row maximum after the odd block, its rescale factors (`sScale1`) and its P
-/// (`sP1`) are in shared memory, and warpgroup 1's `P·V_R` of the even block, the reader of `sP0`, is
-/// complete (FlashMLA `sScale1Ready` + `rO1sP0sV0RIssued`).
+/// (`sP1`, fenced) are in shared memory (FlashMLA `sScale1Ready` + `rO1sP0sV0RIssued`).
 const BAR_ODD_READY: u32 = 2;
-/// Inside warpgroup 0 (3) / 1 (4): its out-of-range V rows have been zeroed.
-const BAR_WG_ZEROED: u32 = 3;
+/// Warpgroup 1 → 0: warpgroup 1's `P·V_R` of the even block, the reader of `sP0`, is complete, so the
+/// next pair's P may be stored there. Apart from `BAR_ODD_READY` so that warpgroup 0 can start
+/// `P·V_L` of the odd block (and the refill of its buffer) without waiting for it.
+const BAR_P0_FREE: u32 = 3;
+/// Inside warpgroup 0 (4) / 1 (5): its out-of-range V rows have been zeroed.
+const BAR_WG_ZEROED: u32 = 4;
 
 const _: () =
     assert!(TILE_COLS == 64 && K_TILES == 9 && V_TILES_PER_WARPGROUP == 4 && HEAD_DIM_V == 512);
@@ -624,8 +627,12 @@ unsafe fn warpgroup0<E: WgmmaElement>(
             }
         }
         let (sum, p_packed) = exponentiate::<E>(&mut acc_s, reference);
-        // SAFETY: sP0 was last read by warpgroup 1's P·V_R(a) of the previous pair, which completed before
-        // warpgroup 1 arrived at BAR_ODD_READY (waited on by this warpgroup).
+        if a > 0 {
+            // SAFETY: warpgroup 1 arrives once per pair that has a successor.
+            unsafe { hw::named_barrier_sync(BAR_P0_FREE, CTA) };
+        }
+        // SAFETY: sP0 was last read by warpgroup 1's P·V_R(a) of the previous pair, complete before
+        // BAR_P0_FREE (or by the previous request's, before its closing CTA barrier).
         unsafe { store_p(th, smem.p0(), &p_packed) };
         hw::fence_proxy_async_shared();
         // SAFETY: warpgroup 1 waits on it once per pair.
@@ -798,11 +805,15 @@ unsafe fn warpgroup1<E: WgmmaElement>(
             // SAFETY: tile 8 of c's buffer has no reader but Q·Kᵀ(c), which is done.
             unsafe { kv.load_rope(1, page) };
         }
-        // sP0's reader must be done before warpgroup 0 may overwrite it (after BAR_ODD_READY).
-        // SAFETY: warpgroup-uniform.
-        unsafe { hw::wgmma_wait_128::<0>(acc_o) };
         // SAFETY: warpgroup 0 waits on it once per pair with an odd block.
         unsafe { hw::named_barrier_arrive(BAR_ODD_READY, CTA) };
+        // SAFETY: warpgroup-uniform.
+        unsafe { hw::wgmma_wait_128::<0>(acc_o) };
+        if a + 2 < n {
+            // sP0's reader is done: warpgroup 0 may store the next pair's P there.
+            // SAFETY: warpgroup 0 waits on it once per pair after the first.
+            unsafe { hw::named_barrier_arrive(BAR_P0_FREE, CTA) };
+        }
         if let Some(page) = page_a {
             // SAFETY: V_R of a was last read by the P·V just waited for.
             unsafe { kv.load_v_right(0, page) };
