@@ -9,10 +9,10 @@ use crate::tensor::{DType, Element, TensorView, TensorViewMut};
 use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice};
 use flashmla_abi::{
-    combine_tasks_per_warp, max_total_splits, sm90_smem, smem, CombineParams, DecodeParams,
-    OutputParams, Sm90DecodeParams, TensorMapBytes, COMBINE_THREADS, COMBINE_WARPS,
-    COMBINE_WARPS_PER_ROW, DECODE_THREADS, HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE, SM90_THREADS,
-    TILE_COLS,
+    combine_tasks_per_warp, max_total_splits, sm90_schedule_for_rows, sm90_smem, smem,
+    CombineParams, DecodeParams, OutputParams, Sm90DecodeParams, Sm90Schedule, TensorMapBytes,
+    COMBINE_THREADS, COMBINE_WARPS, COMBINE_WARPS_PER_ROW, DECODE_THREADS, HEAD_DIM_K, HEAD_DIM_V,
+    PAGE_BLOCK_SIZE, SM90_THREADS, TILE_COLS,
 };
 use std::sync::Arc;
 
@@ -37,7 +37,9 @@ pub enum DecodeKernel {
     /// The Hopper kernel on compute capability 9.0 devices, the portable kernel elsewhere.
     #[default]
     Auto,
-    /// The wgmma + TMA kernel (`kernels/src/decode_sm90.rs`); an error on devices without it.
+    /// The wgmma + TMA kernels: the seesaw schedule (`kernels/src/decode_sm90.rs`) above 64 query rows
+    /// per KV head, the single-softmax schedule (`kernels/src/decode_sm90_single.rs`) up to 64
+    /// ([`flashmla_abi::sm90_schedule_for_rows`]); an error on devices without them.
     Hopper,
     /// The `mma.sync` + `cp.async` kernel (`kernels/src/decode.rs`), any sm_80+ device.
     Portable,
@@ -559,7 +561,7 @@ impl FlashMla {
             dynamic_smem_bytes: 0,
             programmatic_serialization: pdl,
         };
-        if let Some((bf16_fn, f16_fn)) = hopper {
+        if let Some(kernels) = hopper {
             if tensor_map_slots == 0 {
                 // A plan made by a handle without the Hopper kernels (e.g. the sm_80 module forced).
                 return Err(Error::KernelUnavailable {
@@ -571,6 +573,11 @@ impl FlashMla {
                 k_tensor_map: encode_kv_tensor_map(&decode, launch.dtype)?,
                 tensor_map_slots,
             };
+            let (bf16_fn, f16_fn) =
+                match sm90_schedule_for_rows(launch.decode.q_seq_per_hk as usize) {
+                    Sm90Schedule::Seesaw => &kernels.seesaw,
+                    Sm90Schedule::SingleSoftmax => &kernels.single_softmax,
+                };
             let decode_fn = match launch.dtype {
                 DType::Bf16 => bf16_fn,
                 DType::F16 => f16_fn,

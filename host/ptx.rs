@@ -84,10 +84,14 @@ pub mod kernel {
     pub const SPLITKV_DECODE_BF16: &str = "flashmla_splitkv_decode_bf16";
     /// `kernels/src/decode.rs`, fp16.
     pub const SPLITKV_DECODE_F16: &str = "flashmla_splitkv_decode_f16";
-    /// `kernels/src/decode_sm90.rs`, bf16 (sm_90a module only).
+    /// `kernels/src/decode_sm90.rs` (seesaw schedule), bf16 (sm_90a module only).
     pub const SPLITKV_DECODE_SM90_BF16: &str = "flashmla_splitkv_decode_sm90_bf16";
-    /// `kernels/src/decode_sm90.rs`, fp16 (sm_90a module only).
+    /// `kernels/src/decode_sm90.rs` (seesaw schedule), fp16 (sm_90a module only).
     pub const SPLITKV_DECODE_SM90_F16: &str = "flashmla_splitkv_decode_sm90_f16";
+    /// `kernels/src/decode_sm90_single.rs` (single-softmax schedule), bf16 (sm_90a module only).
+    pub const SPLITKV_DECODE_SM90_SINGLE_BF16: &str = "flashmla_splitkv_decode_sm90_single_bf16";
+    /// `kernels/src/decode_sm90_single.rs` (single-softmax schedule), fp16 (sm_90a module only).
+    pub const SPLITKV_DECODE_SM90_SINGLE_F16: &str = "flashmla_splitkv_decode_sm90_single_f16";
     /// `kernels/src/combine.rs`, bf16.
     pub const COMBINE_BF16: &str = "flashmla_combine_bf16";
     /// `kernels/src/combine.rs`, fp16.
@@ -97,7 +101,12 @@ pub mod kernel {
     /// `kernels/src/fill.rs`, fp16 test data.
     pub const FILL_F16: &str = "flashmla_fill_f16";
     /// Kernels only the sm_90a module has (wgmma, TMA).
-    pub const SM90A_ONLY: &[&str] = &[SPLITKV_DECODE_SM90_BF16, SPLITKV_DECODE_SM90_F16];
+    pub const SM90A_ONLY: &[&str] = &[
+        SPLITKV_DECODE_SM90_BF16,
+        SPLITKV_DECODE_SM90_F16,
+        SPLITKV_DECODE_SM90_SINGLE_BF16,
+        SPLITKV_DECODE_SM90_SINGLE_F16,
+    ];
     /// Every kernel the host looks up in every module.
     pub const ALL: &[&str] = &[
         GET_DECODING_SCHED_META,

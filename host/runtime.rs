@@ -57,11 +57,17 @@ pub(crate) struct Inner {
     pub decode_bf16: CudaFunction,
     pub decode_f16: CudaFunction,
     /// The Hopper decode kernels (sm_90a module only).
-    pub decode_sm90: Option<(CudaFunction, CudaFunction)>,
+    pub decode_sm90: Option<Sm90Kernels>,
     pub combine_bf16: CudaFunction,
     pub combine_f16: CudaFunction,
     pub fill_bf16: CudaFunction,
     pub fill_f16: CudaFunction,
+}
+
+/// The Hopper decode kernels, (bf16, fp16) per schedule.
+pub(crate) struct Sm90Kernels {
+    pub seesaw: (CudaFunction, CudaFunction),
+    pub single_softmax: (CudaFunction, CudaFunction),
 }
 
 /// A CUDA device with flashmla's PTX module loaded into its context.
@@ -217,18 +223,29 @@ impl FlashMla {
             }
         }
         let decode_sm90 = if arch == PtxArch::Sm90a {
-            let pair = (
-                function(k::SPLITKV_DECODE_SM90_BF16)?,
-                function(k::SPLITKV_DECODE_SM90_F16)?,
-            );
-            for f in [&pair.0, &pair.1] {
+            let kernels = Sm90Kernels {
+                seesaw: (
+                    function(k::SPLITKV_DECODE_SM90_BF16)?,
+                    function(k::SPLITKV_DECODE_SM90_F16)?,
+                ),
+                single_softmax: (
+                    function(k::SPLITKV_DECODE_SM90_SINGLE_BF16)?,
+                    function(k::SPLITKV_DECODE_SM90_SINGLE_F16)?,
+                ),
+            };
+            for f in [
+                &kernels.seesaw.0,
+                &kernels.seesaw.1,
+                &kernels.single_softmax.0,
+                &kernels.single_softmax.1,
+            ] {
                 f.set_attribute(
                     sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     flashmla_abi::sm90_smem::TOTAL as i32,
                 )
                 .map_err(Error::cuda("cuFuncSetAttribute"))?;
             }
-            Some(pair)
+            Some(kernels)
         } else {
             None
         };

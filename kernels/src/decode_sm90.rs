@@ -74,30 +74,30 @@ const _: () = assert!(core::mem::align_of::<Sm90SharedMemory>() == 1024);
 /// Descriptor of a K-major 64-row operand tile with the 128-byte swizzle: 8-row groups are 1024 bytes
 /// apart; the leading offset is unused for swizzled K-major layouts (1 by convention).
 #[inline(always)]
-fn k_major_desc(addr: u32) -> u64 {
+pub(crate) fn k_major_desc(addr: u32) -> u64 {
     hw::sw128_desc(addr, 16, 1024)
 }
 
 /// Descriptor of V, i.e. K tiles read transposed (MN-major): 64-column groups are one tile (8192 bytes)
 /// apart, 8-token groups 1024 bytes apart.
 #[inline(always)]
-fn v_desc(addr: u32) -> u64 {
+pub(crate) fn v_desc(addr: u32) -> u64 {
     hw::sw128_desc(addr, TILE_BYTES as u32, 1024)
 }
 
 /// Byte offset of 16-byte chunk `chunk` of row `row` in a 64-row × 128-byte tile with the 128-byte
 /// swizzle (chunk index XOR row mod 8; what TMA writes and wgmma reads).
 #[inline(always)]
-fn sw128_offset(row: usize, chunk: usize) -> usize {
+pub(crate) fn sw128_offset(row: usize, chunk: usize) -> usize {
     row * 128 + ((chunk ^ (row % 8)) * 16)
 }
 
 /// The CTA's shared memory ([`Sm90SharedMemory`]): 32-bit shared addresses for wgmma descriptors, TMA
 /// and mbarriers, a generic pointer for ordinary loads and stores.
 #[derive(Clone, Copy)]
-struct Smem {
-    base: u32,
-    ptr: *mut u8,
+pub(crate) struct Smem {
+    pub(crate) base: u32,
+    pub(crate) ptr: *mut u8,
 }
 
 impl Smem {
@@ -138,11 +138,11 @@ impl Smem {
 /// A thread's place in its warpgroup's wgmma fragments: accumulator rows `row0` and `row0 + 8`,
 /// columns `8·i + 2·tig + {0, 1}`.
 #[derive(Clone, Copy)]
-struct Thread {
-    wg: usize,
-    wtid: usize,
-    tig: usize,
-    row0: usize,
+pub(crate) struct Thread {
+    pub(crate) wg: usize,
+    pub(crate) wtid: usize,
+    pub(crate) tig: usize,
+    pub(crate) row0: usize,
 }
 
 /// The KV side: the tensor map, the L2 policy and the buffers its tiles land in. Buffer b holds the
@@ -462,6 +462,42 @@ fn scale_and_mask(
     block_max
 }
 
+/// The online-softmax step of a block against the running row maximum both warpgroups share (`sM`):
+/// the new maximum goes back to `sM` and the factor that rescales what was accumulated before this
+/// block to `s_scale` (`sScale0`/`sScale1`), by the first lane of each quad (the quad's four lanes hold
+/// the same row). Returns the reference the block's probabilities are taken against and that factor,
+/// for the thread's two rows. FlashMLA `wg0_bunch_0` / `wg1_bunch_0`, the `sM` update.
+///
+/// # Safety
+/// The other warpgroup does not access the rows' `sM` and `s_scale` entries meanwhile (the named
+/// barriers of the pair order it).
+#[inline(always)]
+unsafe fn shared_softmax_step(
+    th: Thread,
+    s_max: *mut f32,
+    s_scale: *mut f32,
+    block_max: [f32; 2],
+) -> ([f32; 2], [f32; 2]) {
+    let mut reference = [0.0f32; 2];
+    let mut alpha = [0.0f32; 2];
+    for h in 0..2 {
+        let row = th.row0 + 8 * h;
+        // SAFETY: the thread's rows of sM; ordered by the caller.
+        let old = unsafe { *s_max.add(row) };
+        let (new_max, rf, al) = attn::online_softmax_step(old, block_max[h]);
+        reference[h] = rf;
+        alpha[h] = al;
+        if th.tig == 0 {
+            // SAFETY: the quad's own rows; ordered by the caller.
+            unsafe {
+                *s_max.add(row) = new_max;
+                *s_scale.add(row) = al;
+            }
+        }
+    }
+    (reference, alpha)
+}
+
 /// `P = 2^(S − reference)` in place (f32, kept for the rescaled copy the other warpgroup gets); returns
 /// the two rows' sums of this thread's P and P rounded to the input type, packed in pairs: pair I =
 /// accumulators 2I, 2I + 1 (row + 8 when I is odd), which is also wgmma's register-A layout (k-step s
@@ -505,7 +541,7 @@ fn rescale(acc_o: &mut [f32; 128], alpha: [f32; 2]) {
 /// # Safety
 /// Warpgroup-uniform; `tile` is a 1024-byte aligned shared tile nobody reads until a fence + barrier.
 #[inline(always)]
-unsafe fn store_p(th: Thread, tile: u32, packed: &[u32; 16]) {
+pub(crate) unsafe fn store_p(th: Thread, tile: u32, packed: &[u32; 16]) {
     // Lane l addresses row l % 8 (+ 8 for matrices 1 and 3) of the warp's 16 rows, in chunk 2·ks + l / 16
     // of k-step ks; with the swizzle (chunk ^ row % 8) that is `first ^ 32·ks` (2·ks only flips chunk bits
     // 1 and 2, which l / 16 and row % 8 leave to the XOR).
@@ -609,23 +645,10 @@ unsafe fn warpgroup0<E: WgmmaElement>(
 
         // ---- softmax of block a (FlashMLA wg0_bunch_0) ------------------------------------------------
         let block_max = scale_and_mask(&mut acc_s, r, borders, r.block_token(a), th.tig);
-        let mut reference = [0.0f32; 2];
-        let mut alpha_a = [0.0f32; 2];
-        for h in 0..2 {
-            // SAFETY: sM of the thread's rows: written by warpgroup 1 before BAR_ODD_READY of the previous
-            // pair (waited on), or initialised before the CTA barrier after Q.
-            let old = unsafe { *s_max.add(rows[h]) };
-            let (new_max, rf, al) = attn::online_softmax_step(old, block_max[h]);
-            reference[h] = rf;
-            alpha_a[h] = al;
-            if th.tig == 0 {
-                // SAFETY: the quad's own rows; read by warpgroup 1 after BAR_EVEN_READY.
-                unsafe {
-                    *s_max.add(rows[h]) = new_max;
-                    *s_scale0.add(rows[h]) = al;
-                }
-            }
-        }
+        // SAFETY: sM was written by warpgroup 1 before BAR_ODD_READY of the previous pair (waited on), or
+        // initialised before the CTA barrier after Q; warpgroup 1 reads sM and sScale0 after
+        // BAR_EVEN_READY.
+        let (reference, alpha_a) = unsafe { shared_softmax_step(th, s_max, s_scale0, block_max) };
         let (sum, p_packed) = exponentiate::<E>(&mut acc_s, reference);
         if a > 0 {
             // SAFETY: warpgroup 1 arrives once per pair that has a successor.
@@ -780,22 +803,9 @@ unsafe fn warpgroup1<E: WgmmaElement>(
 
         // ---- softmax of block c against the maximum after a (FlashMLA wg1_bunch_0), under P·V_R(a) ----
         let block_max = scale_and_mask(&mut acc_s, r, borders, r.block_token(a + 1), th.tig);
-        let mut reference = [0.0f32; 2];
-        let mut alpha_c = [0.0f32; 2];
-        for h in 0..2 {
-            // SAFETY: written by warpgroup 0 before BAR_EVEN_READY.
-            let max_a = unsafe { *s_max.add(rows[h]) };
-            let (new_max, rf, al) = attn::online_softmax_step(max_a, block_max[h]);
-            reference[h] = rf;
-            alpha_c[h] = al;
-            if th.tig == 0 {
-                // SAFETY: the quad's own rows; read by warpgroup 0 after BAR_ODD_READY.
-                unsafe {
-                    *s_max.add(rows[h]) = new_max;
-                    *s_scale1.add(rows[h]) = al;
-                }
-            }
-        }
+        // SAFETY: warpgroup 0 wrote sM before BAR_EVEN_READY (waited on); it reads sM and sScale1 after
+        // BAR_ODD_READY.
+        let (reference, alpha_c) = unsafe { shared_softmax_step(th, s_max, s_scale1, block_max) };
         let (sum, p_packed) = exponentiate::<E>(&mut acc_s, reference);
         // SAFETY: sP1 was last read by warpgroup 0's P·V_L(c) of the previous pair, which completed
         // before warpgroup 0 arrived at BAR_EVEN_READY of this pair.
@@ -875,13 +885,104 @@ unsafe fn warpgroup1<E: WgmmaElement>(
     }
 }
 
+/// Writes this m-block's output of one request, each warpgroup its 256 columns (FlashMLA `store_o`):
+/// to `out` in the input type when the request is whole here, else as normalised f32 partials to
+/// the split slot starting at row `split_row0` of `o_accum`, staged in shared memory (the Q tiles, 32
+/// rows at a time) and written by one 2 KB bulk copy per row instead of 64 scattered 8-byte stores per
+/// thread. `inv` is 1 / row sum (0 for rows that attended no key).
+///
+/// # Safety
+/// Every thread of the CTA reaches it, after a CTA barrier that follows both warpgroups' last wgmma
+/// (the Q tiles are free; the KV buffers may already receive the next request's pages).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn store_o<E: WgmmaElement>(
+    p: &DecodeParams,
+    smem: Smem,
+    th: Thread,
+    tid: u32,
+    acc_o: &[f32; 128],
+    inv: [f32; 2],
+    split_row0: Option<usize>,
+    b: usize,
+    kv_head: usize,
+    row_base: u32,
+) {
+    let rows = p.q_seq_per_hk as u32;
+    let hpk = attn::heads_per_kv(p);
+    let valid_rows = flashmla_abi::m_block_valid_rows(rows, row_base / BLOCK_SIZE_M as u32);
+    let col0 = th.wg * (HEAD_DIM_V / 2) + 2 * th.tig;
+    if let Some(split_row0) = split_row0 {
+        let my_half = th.wtid / 64;
+        for half in 0..2 {
+            if my_half == half {
+                unroll!(H in [0, 1] {
+                    let row_off = smem::Q + (th.row0 + 8 * H - 32 * half) * smem::O_STAGE_ROW_BYTES + col0 * 4;
+                    unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
+                        // SAFETY: inside the staging half (32 rows × O_STAGE_ROW_BYTES in the Q tiles);
+                        // 8-byte aligned.
+                        unsafe {
+                            *(smem.ptr.add(row_off + N * 32) as *mut [f32; 2]) =
+                                [acc_o[4 * N + 2 * H] * inv[H], acc_o[4 * N + 2 * H + 1] * inv[H]];
+                        }
+                    });
+                });
+            }
+            hw::fence_proxy_async_shared();
+            // SAFETY: every thread reaches it.
+            unsafe { arch::sync_threads() };
+            let row = 32 * half + tid as usize;
+            if tid < 32 && row < valid_rows {
+                // SAFETY: `row` of this m-block is valid; its split slot holds 512 f32 (16-byte aligned);
+                // the staged row was written and fenced before the barrier.
+                unsafe {
+                    hw::bulk_store(
+                        p.o_accum + ((split_row0 + row) * HEAD_DIM_V * 4) as u64,
+                        smem.base + (smem::Q + tid as usize * smem::O_STAGE_ROW_BYTES) as u32,
+                        (HEAD_DIM_V * 4) as u32,
+                    )
+                };
+                hw::bulk_commit_and_wait_read();
+            }
+            // The staging area is rewritten next (second half, then the next request's Q).
+            // SAFETY: every thread reaches it.
+            unsafe { arch::sync_threads() };
+        }
+    } else {
+        unroll!(H in [0, 1] {
+            let r = row_base + (th.row0 + 8 * H) as u32;
+            if r < rows {
+                // SAFETY: validated strides address out[b, t, head, :].
+                let out = unsafe {
+                    (p.output.out as *mut u16).offset(p.output.out_offset(b, r / hpk, kv_head as u32 * hpk + r % hpk))
+                };
+                unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
+                    // SAFETY: inside out's row; 4-byte aligned (even column, validated strides).
+                    unsafe {
+                        *(out.add(col0 + N * 8) as *mut u32) =
+                            E::pack(acc_o[4 * N + 2 * H] * inv[H], acc_o[4 * N + 2 * H + 1] * inv[H]);
+                    }
+                });
+            }
+        });
+    }
+}
+
 /// Loads Q of request `b` for this m-block with `cp.async` (zero rows past the m-block's valid rows)
-/// into the swizzled Q tiles, and initialises the running row maximum; ends with a CTA barrier.
+/// into the swizzled Q tiles (the RoPE tile row-major if `ROPE_ROW_MAJOR`), and initialises the running
+/// row maximum; ends with a CTA barrier.
 ///
 /// # Safety
 /// Every thread of the CTA reaches it; nothing reads or writes the Q tiles or `sM` meanwhile.
 #[inline(always)]
-unsafe fn load_q(p: &DecodeParams, smem: Smem, b: usize, kv_head: usize, row_base: u32, tid: u32) {
+pub(crate) unsafe fn load_q<const ROPE_ROW_MAJOR: bool>(
+    p: &DecodeParams,
+    smem: Smem,
+    b: usize,
+    kv_head: usize,
+    row_base: u32,
+    tid: u32,
+) {
     let rows = p.q_seq_per_hk as u32;
     let lane = (tid % 32) as usize;
     let mut row = (tid / 32) as usize;
@@ -895,8 +996,9 @@ unsafe fn load_q(p: &DecodeParams, smem: Smem, b: usize, kv_head: usize, row_bas
         };
         let mut chunk = lane;
         while chunk < Q_ROW_CHUNKS {
-            // The RoPE tile is row-major (see load_q_rope), the others 128-byte swizzled for wgmma.
-            let in_tile = if chunk / 8 == ROPE_TILE {
+            // The RoPE tile is row-major when it goes to registers (see load_q_rope), the others
+            // 128-byte swizzled for wgmma.
+            let in_tile = if ROPE_ROW_MAJOR && chunk / 8 == ROPE_TILE {
                 row * 128 + (chunk % 8) * 16
             } else {
                 sw128_offset(row, chunk % 8)
@@ -921,6 +1023,43 @@ unsafe fn load_q(p: &DecodeParams, smem: Smem, b: usize, kv_head: usize, row_bas
     hw::fence_proxy_async_shared();
     // SAFETY: every thread reaches it.
     unsafe { arch::sync_threads() };
+}
+
+/// What every Hopper decode CTA does first, whatever its schedule: initialises the KV mbarriers,
+/// publishes the KV tensor map to the CTA's own global slot (thread 0) and acquires it for the other
+/// TMA-issuing thread (thread `WG`). Returns the slot's address.
+///
+/// # Safety
+/// Every thread of the CTA, before any TMA or mbarrier use; `params.tensor_map_slots` has 128 bytes
+/// per CTA of the grid.
+#[inline(always)]
+pub(crate) unsafe fn cta_prologue(params: &Sm90DecodeParams, smem: Smem, tid: u32) -> u64 {
+    let p = &params.common;
+    let rows = p.q_seq_per_hk as u32;
+    let m_blocks = rows.div_ceil(BLOCK_SIZE_M as u32) as usize;
+    let (m_block, kv_head, part) = (
+        arch::block_idx_x() as usize,
+        arch::block_idx_y() as usize,
+        arch::block_idx_z() as usize,
+    );
+    let cta_linear = m_block + m_blocks * (kv_head + p.num_heads_kv as usize * part);
+    let tensor_map = params.tensor_map_slots + cta_linear as u64 * 128;
+    if tid == 0 {
+        for i in 0..2 * K_TILES {
+            // SAFETY: inside the barrier array; nobody waits before the CTA barrier below.
+            unsafe { hw::mbarrier_init(smem.base + (smem::BARRIERS + i * 8) as u32, 1) };
+        }
+        hw::fence_mbarrier_init();
+        // SAFETY: this CTA's own slot; no TMA has been issued yet.
+        unsafe { hw::publish_tensor_map(tensor_map, &params.k_tensor_map.0) };
+    }
+    // SAFETY: every thread reaches it.
+    unsafe { arch::sync_threads() };
+    if tid == WG {
+        // SAFETY: published by thread 0 before the barrier.
+        unsafe { hw::acquire_tensor_map(tensor_map) };
+    }
+    tensor_map
 }
 
 /// Decodes one CTA's share of the batch on Hopper.
@@ -955,24 +1094,8 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
     };
 
     let rows = p.q_seq_per_hk as u32;
-    let m_blocks = rows.div_ceil(BLOCK_SIZE_M as u32) as usize;
-    let cta_linear = m_block + m_blocks * (kv_head + p.num_heads_kv as usize * part);
-    let tensor_map = params.tensor_map_slots + cta_linear as u64 * 128;
-    if tid == 0 {
-        for i in 0..2 * K_TILES {
-            // SAFETY: inside the barrier array; nobody waits before the CTA barrier below.
-            unsafe { hw::mbarrier_init(smem.base + (smem::BARRIERS + i * 8) as u32, 1) };
-        }
-        hw::fence_mbarrier_init();
-        // SAFETY: this CTA's own slot; no TMA has been issued yet.
-        unsafe { hw::publish_tensor_map(tensor_map, &params.k_tensor_map.0) };
-    }
-    // SAFETY: every thread reaches it.
-    unsafe { arch::sync_threads() };
-    if tid == WG {
-        // SAFETY: published by thread 0 before the barrier.
-        unsafe { hw::acquire_tensor_map(tensor_map) };
-    }
+    // SAFETY: every thread, first thing.
+    let tensor_map = unsafe { cta_prologue(params, smem, tid) };
 
     // The schedule and the lengths may come from the kernel just before this one (PDL).
     arch::grid_dependency_wait();
@@ -1049,7 +1172,7 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
 
         // ---- load Q (this request's first KV pages are already on their way) --------------------------
         // SAFETY: every thread; the previous request ended with a CTA barrier.
-        unsafe { load_q(p, smem, range.b, kv_head, row_base, tid) };
+        unsafe { load_q::<true>(p, smem, range.b, kv_head, row_base, tid) };
         // SAFETY: Q landed before the barrier in load_q.
         let q_rope = unsafe { load_q_rope(th, smem) };
 
@@ -1129,64 +1252,13 @@ pub unsafe fn splitkv_decode_sm90<E: WgmmaElement>(params: &Sm90DecodeParams) {
                 };
             }
         }
-        let col0 = wg * (HEAD_DIM_V / 2) + 2 * th.tig;
-        if range.is_split {
-            // f32 partials: staged in shared memory, then one 2 KB bulk copy per row by the copy engine,
-            // instead of 64 scattered 8-byte stores per thread. The staging area is the Q tiles (the KV
-            // buffers already receive the next request's pages), 32 rows at a time.
-            let my_half = wtid / 64;
-            for half in 0..2 {
-                if my_half == half {
-                    unroll!(H in [0, 1] {
-                        let row_off = smem::Q + (th.row0 + 8 * H - 32 * half) * smem::O_STAGE_ROW_BYTES + col0 * 4;
-                        unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
-                            // SAFETY: inside the staging half (32 rows × O_STAGE_ROW_BYTES in the Q tiles);
-                            // 8-byte aligned.
-                            unsafe {
-                                *(smem.ptr.add(row_off + N * 32) as *mut [f32; 2]) =
-                                    [acc_o[4 * N + 2 * H] * inv[H], acc_o[4 * N + 2 * H + 1] * inv[H]];
-                            }
-                        });
-                    });
-                }
-                hw::fence_proxy_async_shared();
-                // SAFETY: every thread reaches it.
-                unsafe { arch::sync_threads() };
-                let row = 32 * half + tid as usize;
-                if tid < 32 && row < valid_rows {
-                    // SAFETY: `row` of this m-block is valid; its split slot holds 512 f32 (16-byte
-                    // aligned); the staged row was written and fenced before the barrier.
-                    unsafe {
-                        hw::bulk_store(
-                            p.o_accum + ((split_row0 + row) * HEAD_DIM_V * 4) as u64,
-                            smem.base + (smem::Q + tid as usize * smem::O_STAGE_ROW_BYTES) as u32,
-                            (HEAD_DIM_V * 4) as u32,
-                        )
-                    };
-                    hw::bulk_commit_and_wait_read();
-                }
-                // The staging area is rewritten next (second half, then the next request's Q).
-                // SAFETY: every thread reaches it.
-                unsafe { arch::sync_threads() };
-            }
-        } else {
-            unroll!(H in [0, 1] {
-                let r_global = row_base + (th.row0 + 8 * H) as u32;
-                if r_global < rows {
-                    // SAFETY: validated strides address out[b, t, head, :].
-                    let out = unsafe {
-                        (p.output.out as *mut u16).offset(p.output.out_offset(b, r_global / hpk, kv_head as u32 * hpk + r_global % hpk))
-                    };
-                    unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31] {
-                        // SAFETY: inside out's row; 4-byte aligned (even column, validated strides).
-                        unsafe {
-                            *(out.add(col0 + N * 8) as *mut u32) =
-                                E::pack(acc_o[4 * N + 2 * H] * inv[H], acc_o[4 * N + 2 * H + 1] * inv[H]);
-                        }
-                    });
-                }
-            });
-        }
+        let split_row0 = range.is_split.then_some(split_row0);
+        // SAFETY: every thread; both warpgroups' wgmmas completed before the barrier above.
+        unsafe {
+            store_o::<E>(
+                p, smem, th, tid, &acc_o, inv, split_row0, b, kv_head, row_base,
+            )
+        };
         // Buffer 0 held ceil(n / 2) blocks of this request, buffer 1 floor(n / 2).
         phase = [
             phase[0] ^ (n_blocks.div_ceil(2) % 2),

@@ -23,6 +23,8 @@ pub mod combine;
 pub mod decode;
 #[cfg(flashmla_arch = "sm90a")]
 pub mod decode_sm90;
+#[cfg(flashmla_arch = "sm90a")]
+pub mod decode_sm90_single;
 pub mod fill;
 #[cfg(flashmla_arch = "sm90a")]
 pub mod hopper;
@@ -72,6 +74,34 @@ pub unsafe extern "ptx-kernel" fn flashmla_splitkv_decode_sm90_bf16(params: Sm90
 pub unsafe extern "ptx-kernel" fn flashmla_splitkv_decode_sm90_f16(params: Sm90DecodeParams) {
     // SAFETY: forwarded.
     unsafe { decode_sm90::splitkv_decode_sm90::<arch::F16>(&params) }
+}
+
+/// bf16 split-KV decode on Hopper with the single-softmax schedule (sm_90a module only). See
+/// [`decode_sm90_single::splitkv_decode_sm90_single`].
+///
+/// # Safety
+/// As [`decode_sm90_single::splitkv_decode_sm90_single`].
+#[cfg(flashmla_arch = "sm90a")]
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn flashmla_splitkv_decode_sm90_single_bf16(
+    params: Sm90DecodeParams,
+) {
+    // SAFETY: forwarded.
+    unsafe { decode_sm90_single::splitkv_decode_sm90_single::<arch::Bf16>(&params) }
+}
+
+/// fp16 split-KV decode on Hopper with the single-softmax schedule (sm_90a module only). See
+/// [`decode_sm90_single::splitkv_decode_sm90_single`].
+///
+/// # Safety
+/// As [`decode_sm90_single::splitkv_decode_sm90_single`].
+#[cfg(flashmla_arch = "sm90a")]
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn flashmla_splitkv_decode_sm90_single_f16(
+    params: Sm90DecodeParams,
+) {
+    // SAFETY: forwarded.
+    unsafe { decode_sm90_single::splitkv_decode_sm90_single::<arch::F16>(&params) }
 }
 
 /// bf16 combine. See [`combine::combine`].

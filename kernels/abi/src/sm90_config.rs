@@ -4,8 +4,9 @@
 
 use crate::{BLOCK_SIZE_M, HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};
 
-/// Threads per Hopper decode CTA: two warpgroups. Warpgroup 0 computes `S = Q·Kᵀ` and the softmax and
-/// owns output columns 0..256; warpgroup 1 owns output columns 256..512.
+/// Threads per Hopper decode CTA: two warpgroups. Warpgroup 0 owns output columns 0..256, warpgroup 1
+/// columns 256..512; which of them computes `S = Q·Kᵀ` and the softmax of a block depends on the
+/// schedule ([`Sm90Schedule`]).
 pub const SM90_THREADS: u32 = 256;
 /// Threads of one warpgroup (the unit that issues a `wgmma`).
 pub const WARPGROUP_THREADS: u32 = 128;
@@ -19,6 +20,29 @@ pub const V_TILES_PER_WARPGROUP: usize = HEAD_DIM_V / TILE_COLS / 2;
 pub const TILE_BYTES: usize = PAGE_BLOCK_SIZE * TILE_COLS * 2;
 /// KV pages resident in shared memory (double buffer).
 pub const SM90_KV_BUFFERS: usize = 2;
+
+/// How the Hopper decode kernel splits a block's work between its two warpgroups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Sm90Schedule {
+    /// FlashMLA's seesaw (`kernels/src/decode_sm90.rs`): the warpgroups take turns computing `S` and
+    /// the softmax of a block, so one's softmax runs under the other's matmuls.
+    Seesaw,
+    /// Warpgroup 0 computes `S` and the softmax of every block (`kernels/src/decode_sm90_single.rs`):
+    /// fewer hand-offs on each block's path from landing to refill.
+    SingleSoftmax,
+}
+
+/// The schedule for `rows_per_kv_head` folded query rows (`s_q · h_q / h_kv`). Measured side by side
+/// with FlashMLA on its grid (PERF_NOTES.md, v11): the seesaw is faster from 65 rows on, where the
+/// decode is bound by the tensor cores (two or more m-blocks per KV head); the single-softmax schedule is
+/// faster up to 64 rows, where it is bound by memory.
+pub const fn sm90_schedule_for_rows(rows_per_kv_head: usize) -> Sm90Schedule {
+    if rows_per_kv_head > BLOCK_SIZE_M {
+        Sm90Schedule::Seesaw
+    } else {
+        Sm90Schedule::SingleSoftmax
+    }
+}
 
 /// One 64 × 64 tile of 16-bit values (a TMA box, a wgmma operand): 1024-byte aligned, because the
 /// 128-byte swizzle pattern repeats every 8 rows × 128 bytes and both TMA and the wgmma descriptors
@@ -85,7 +109,9 @@ const _: () = assert!(
         && sm90_smem::KV_BUFFER == K_TILES * TILE_BYTES
         && sm90_smem::P0.is_multiple_of(1024)
         && sm90_smem::P1.is_multiple_of(1024)
+        && sm90_smem::P1 == sm90_smem::Q + (K_TILES - 1) * TILE_BYTES
         && sm90_smem::BARRIERS.is_multiple_of(8)
+        && sm90_smem::BARRIERS + SM90_KV_BUFFERS * K_TILES * 8 <= sm90_smem::TOTAL
 );
 const _: () = assert!(
     BLOCK_SIZE_M / 2 * sm90_smem::O_STAGE_ROW_BYTES <= sm90_smem::KV - sm90_smem::Q
@@ -95,3 +121,17 @@ const _: () = assert!(
     sm90_smem::TOTAL <= crate::MAX_DYNAMIC_SMEM_BYTES,
     "must fit a Hopper CTA's opt-in shared memory"
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_by_rows_per_kv_head() {
+        // h_q · s_q / h_kv: up to 64 rows (one m-block) take the single-softmax schedule, more the seesaw.
+        assert_eq!(sm90_schedule_for_rows(1), Sm90Schedule::SingleSoftmax);
+        assert_eq!(sm90_schedule_for_rows(64), Sm90Schedule::SingleSoftmax);
+        assert_eq!(sm90_schedule_for_rows(65), Sm90Schedule::Seesaw);
+        assert_eq!(sm90_schedule_for_rows(256), Sm90Schedule::Seesaw);
+    }
+}
