@@ -156,7 +156,9 @@ pub unsafe fn splitkv_decode_sm90_single<E: WgmmaElement>(params: &Sm90DecodePar
     let row_base = (m_block * BLOCK_SIZE_M) as u32;
     let valid_rows = flashmla_abi::m_block_valid_rows(rows, m_block as u32);
     let num_splits = p.num_splits as *const i32;
-    let policy = hw::l2_evict_first_policy();
+    // The normal L2 policy: measured against EVICT_FIRST on FlashMLA's memory-bound shapes (PERF_NOTES
+    // v11), where this schedule runs.
+    let policy = hw::l2_evict_normal_policy();
     let load_tile = |buf: usize, tile: usize, page: i32| {
         let bar = bar(buf, tile);
         // SAFETY: the buffer's tile is free (its last reader has waited on its wgmma); the tensor map

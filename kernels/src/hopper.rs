@@ -207,6 +207,17 @@ pub fn l2_evict_first_policy() -> u64 {
     policy
 }
 
+/// `createpolicy.fractional.L2::evict_normal.b64`: the default L2 policy, as an explicit cache hint.
+#[inline(always)]
+pub fn l2_evict_normal_policy() -> u64 {
+    let policy: u64;
+    // SAFETY: computes a value.
+    unsafe {
+        asm!("createpolicy.fractional.L2::evict_normal.b64 {p}, 1.0;", p = out(reg64) policy, options(pure, nomem, nostack))
+    };
+    policy
+}
+
 /// `cp.async.bulk.tensor.4d` (TMA): copies the box at `coords` of the tensor described by the tensor
 /// map at `tensor_map` (global memory) into shared memory at `dst + DST_OFF`, completing the
 /// transactions of the mbarrier at `bar + BAR_OFF`, with an L2 cache policy from
