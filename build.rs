@@ -74,7 +74,10 @@ fn main() {
         let bytes = fs::read(out_dir.join(format!("{name}.ptx")))
             .unwrap_or_else(|e| fail(&format!("reading {name}.ptx from OUT_DIR: {e}")));
         let var = name.to_uppercase();
-        println!("cargo::rustc-env={var}_SHA256={}", hex(&Sha256::digest(&bytes)));
+        println!(
+            "cargo::rustc-env={var}_SHA256={}",
+            hex(&Sha256::digest(&bytes))
+        );
     }
 }
 
@@ -182,10 +185,7 @@ fn collect_files(root: &Path, path: &Path, out: &mut Vec<String>) {
 
 /// The hash lines of `host/ptx/FINGERPRINT` for what this build produced.
 fn write_generated_fingerprint(kernels: &Path, out_dir: &Path) {
-    let mut text = format!(
-        "sources {}  kernels/\n",
-        kernel_sources_sha256(kernels)
-    );
+    let mut text = format!("sources {}  kernels/\n", kernel_sources_sha256(kernels));
     for (name, ..) in MODULES {
         let bytes = fs::read(out_dir.join(format!("{name}.ptx")))
             .unwrap_or_else(|e| fail(&format!("reading the built {name}.ptx: {e}")));

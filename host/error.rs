@@ -6,7 +6,10 @@ use cudarc::driver::DriverError;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in flashmla.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the message too (what `fn main() -> Result<(), Box<dyn Error>>` shows), and a cudarc
+/// [`DriverError`] converts with `?`.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The CUDA driver library (`libcuda.so.1`) could not be loaded: no NVIDIA driver on this machine.
@@ -223,6 +226,24 @@ pub enum Error {
         /// Module name.
         module: &'static str,
     },
+}
+
+impl std::fmt::Debug for Error {
+    /// The message, not the variant's fields: a `main` returning an error prints its `Debug`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// A cudarc call made by the caller, e.g. `stream.clone_htod(&data)?` in a function returning
+/// [`flashmla::Result`](Result).
+impl From<DriverError> for Error {
+    fn from(source: DriverError) -> Self {
+        Error::Cuda {
+            op: "(a cudarc call)",
+            source,
+        }
+    }
 }
 
 impl Error {

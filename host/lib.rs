@@ -39,6 +39,8 @@ pub mod bench;
 mod decode;
 mod error;
 mod launch;
+#[cfg(test)]
+mod proptests;
 pub mod ptx;
 pub mod reference;
 pub mod rng;
@@ -46,6 +48,12 @@ mod runtime;
 mod sched;
 mod tensor;
 pub mod testdata;
+
+/// The `cudarc` this crate is built against: use it (`flashmla::cudarc`) for the device buffers and
+/// streams you pass, so the versions match.
+pub use cudarc;
+/// The `half` crate of [`half::bf16`] and [`half::f16`], the element types the kernels take.
+pub use half;
 
 pub use decode::{
     DecodeArgs, DecodeKernel, DecodeOptions, DecodeOutputs, DecodePlan, OutputBuffers,

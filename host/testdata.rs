@@ -107,10 +107,10 @@ impl CaseSpec {
         let s = &self.shape;
         format!(
             "b={} s_q={} h_q={} h_kv={} s_k={}{}{}{} {} a={:.2}{}",
-            s.batch_size,
-            s.seqlen_q,
-            s.num_heads_q,
-            s.num_heads_kv,
+            s.batch_size(),
+            s.seqlen_q(),
+            s.num_heads_q(),
+            s.num_heads_kv(),
             self.mean_seqlen_k,
             if self.varlen { " varlen" } else { "" },
             if self.zero_lengths { " zeros" } else { "" },
@@ -146,8 +146,8 @@ pub struct CaseLayout {
 impl CaseLayout {
     /// Draws lengths and the page permutation for `spec`.
     pub fn generate(spec: &CaseSpec) -> Self {
-        let b = spec.shape.batch_size;
-        let s_q = spec.shape.seqlen_q;
+        let b = spec.shape.batch_size();
+        let s_q = spec.shape.seqlen_q();
         let mut rng = SplitMix64::new(spec.seed);
         let mean = spec.mean_seqlen_k as f64;
         let mut seqlens: Vec<i32> = (0..b)
@@ -213,7 +213,7 @@ impl CaseLayout {
     /// `q[b, t, h, d]` as the GPU holds it.
     pub fn q_value(&self, b: usize, t: usize, h: usize, d: usize) -> f32 {
         let s = &self.spec.shape;
-        let index = ((b * s.seqlen_q + t) * s.num_heads_q + h) * HEAD_DIM_K + d;
+        let index = ((b * s.seqlen_q() + t) * s.num_heads_q() + h) * HEAD_DIM_K + d;
         self.spec
             .dtype
             .round(fill_value(self.q_seed(), index as u64, self.spec.amplitude))
@@ -223,7 +223,7 @@ impl CaseLayout {
     pub fn key_row(&self, b: usize, g: usize, token: usize, out: &mut Vec<f32>) {
         let page = self.block_table[b * self.max_blocks_per_seq + token / PAGE_BLOCK_SIZE] as usize;
         let row =
-            (page * PAGE_BLOCK_SIZE + token % PAGE_BLOCK_SIZE) * self.spec.shape.num_heads_kv + g;
+            (page * PAGE_BLOCK_SIZE + token % PAGE_BLOCK_SIZE) * self.spec.shape.num_heads_kv() + g;
         let seed = self.k_seed();
         out.extend((0..HEAD_DIM_K).map(|d| {
             self.spec.dtype.round(fill_value(
@@ -262,7 +262,7 @@ impl<T: Element> DeviceCase<T> {
             q: TensorView::contiguous(
                 "q",
                 self.q.as_view(),
-                [s.batch_size, s.seqlen_q, s.num_heads_q, HEAD_DIM_K],
+                [s.batch_size(), s.seqlen_q(), s.num_heads_q(), HEAD_DIM_K],
             )?,
             k_cache: TensorView::contiguous(
                 "k_cache",
@@ -270,14 +270,14 @@ impl<T: Element> DeviceCase<T> {
                 [
                     self.layout.num_blocks,
                     PAGE_BLOCK_SIZE,
-                    s.num_heads_kv,
+                    s.num_heads_kv(),
                     HEAD_DIM_K,
                 ],
             )?,
             block_table: TensorView::contiguous(
                 "block_table",
                 self.block_table.as_view(),
-                [s.batch_size, self.layout.max_blocks_per_seq],
+                [s.batch_size(), self.layout.max_blocks_per_seq],
             )?,
             cache_seqlens: self.cache_seqlens.as_view(),
         })
@@ -312,8 +312,8 @@ impl FlashMla {
         let layout = CaseLayout::generate(spec);
         let s = &spec.shape;
         let cuda = Error::cuda;
-        let q_len = s.batch_size * s.seqlen_q * s.num_heads_q * HEAD_DIM_K;
-        let k_len = layout.num_blocks * PAGE_BLOCK_SIZE * s.num_heads_kv * HEAD_DIM_K;
+        let q_len = s.batch_size() * s.seqlen_q() * s.num_heads_q() * HEAD_DIM_K;
+        let k_len = layout.num_blocks * PAGE_BLOCK_SIZE * s.num_heads_kv() * HEAD_DIM_K;
         // SAFETY: plain data, filled below before any use.
         let mut q = unsafe { stream.alloc::<T>(q_len) }.map_err(cuda("cuMemAlloc"))?;
         let mut k_cache = unsafe { stream.alloc::<T>(k_len) }.map_err(cuda("cuMemAlloc"))?;
@@ -326,8 +326,8 @@ impl FlashMla {
         let valid = stream
             .clone_htod(&layout.page_valid_rows)
             .map_err(cuda("cuMemcpyHtoD"))?;
-        let rows_q = (s.batch_size * s.seqlen_q * s.num_heads_q) as u64;
-        let rows_k = (layout.num_blocks * PAGE_BLOCK_SIZE * s.num_heads_kv) as u64;
+        let rows_q = (s.batch_size() * s.seqlen_q() * s.num_heads_q()) as u64;
+        let rows_k = (layout.num_blocks * PAGE_BLOCK_SIZE * s.num_heads_kv()) as u64;
         {
             let (q_ptr, _g0) = q.device_ptr_mut(stream);
             let (k_ptr, _g1) = k_cache.device_ptr_mut(stream);
@@ -357,8 +357,8 @@ impl FlashMla {
                         seed: layout.k_seed(),
                         rows: rows_k,
                         row_len: HEAD_DIM_K as u32,
-                        rows_per_page: (PAGE_BLOCK_SIZE * s.num_heads_kv) as u32,
-                        tokens_divisor: s.num_heads_kv as u32,
+                        rows_per_page: (PAGE_BLOCK_SIZE * s.num_heads_kv()) as u32,
+                        tokens_divisor: s.num_heads_kv() as u32,
                         amplitude: spec.amplitude,
                     },
                 )?;
@@ -546,7 +546,12 @@ pub fn check_case<T: Element>(
 ) -> Result<CaseReport> {
     let layout = &case.layout;
     let s = layout.spec.shape;
-    let (b, s_q, h_q, h_kv) = (s.batch_size, s.seqlen_q, s.num_heads_q, s.num_heads_kv);
+    let (b, s_q, h_q, h_kv) = (
+        s.batch_size(),
+        s.seqlen_q(),
+        s.num_heads_q(),
+        s.num_heads_kv(),
+    );
     let cuda = Error::cuda;
     let mut buffers = OutputBuffers::<T>::alloc(stream, [b, s_q, h_q])?;
     {
