@@ -65,3 +65,36 @@ pub use flashmla_abi as abi;
 pub use runtime::{driver_available, DeviceInfo, FlashMla, KernelInfo};
 pub use sched::{get_mla_metadata_cpu, DecodeShape, SchedMetadata, Schedule};
 pub use tensor::{DType, Element, TensorView, TensorViewMut};
+
+#[cfg(test)]
+mod readme {
+    /// The README's library example is an excerpt of `examples/decode.rs`, which CI builds (and which
+    /// the GPU suite runs): every code line of the README's `rust` block is a line of the example.
+    #[test]
+    fn readme_example_is_an_excerpt_of_examples_decode() {
+        let readme = include_str!("../README.md");
+        let example = include_str!("../examples/decode.rs");
+        let block = readme
+            .split("```rust\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README.md has a ```rust block");
+        let lines: std::collections::HashSet<&str> = example.lines().map(str::trim).collect();
+        let code = block
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("//"));
+        let mut checked = 0;
+        for line in code {
+            assert!(
+                lines.contains(line),
+                "README line not in examples/decode.rs: {line}"
+            );
+            checked += 1;
+        }
+        assert!(
+            checked >= 10,
+            "the README block has only {checked} code lines"
+        );
+    }
+}

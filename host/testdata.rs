@@ -546,12 +546,7 @@ pub fn check_case<T: Element>(
 ) -> Result<CaseReport> {
     let layout = &case.layout;
     let s = layout.spec.shape;
-    let (b, s_q, h_q, h_kv) = (
-        s.batch_size(),
-        s.seqlen_q(),
-        s.num_heads_q(),
-        s.num_heads_kv(),
-    );
+    let (b, s_q, h_q) = (s.batch_size(), s.seqlen_q(), s.num_heads_q());
     let cuda = Error::cuda;
     let mut buffers = OutputBuffers::<T>::alloc(stream, [b, s_q, h_q])?;
     {
@@ -584,6 +579,28 @@ pub fn check_case<T: Element>(
         .map(T::to_f32)
         .collect();
     let lse_host = stream.clone_dtoh(&lse).map_err(cuda("cuMemcpyDtoH"))?;
+    Ok(check_outputs(layout, &out_host, &lse_host, row_budget))
+}
+
+/// Checks the outputs of a decode of `layout` (`out [b, s_q, h_q, 512]` as `f32`, `lse [b, h_q, s_q]`,
+/// both contiguous, poisoned with NaN before the decode): every element must be written, and the rows
+/// picked for the reference (all rows when they fit `row_budget` key·row products, else a random subset
+/// that always includes the longest and an empty request) must match the `f64` reference within
+/// FlashMLA's tolerances. For decodes made by other means than [`check_case`] (e.g. through a
+/// framework's tensors). The reference runs on all CPU cores.
+pub fn check_outputs(
+    layout: &CaseLayout,
+    out_host: &[f32],
+    lse_host: &[f32],
+    row_budget: usize,
+) -> CaseReport {
+    let s = layout.spec.shape;
+    let (b, s_q, h_q, h_kv) = (
+        s.batch_size(),
+        s.seqlen_q(),
+        s.num_heads_q(),
+        s.num_heads_kv(),
+    );
     let dtype = layout.spec.dtype;
     let unwritten_out = out_host.iter().filter(|x| !x.is_finite()).count();
     let unwritten_lse = lse_host.iter().filter(|x| x.is_nan()).count();
@@ -702,7 +719,7 @@ pub fn check_case<T: Element>(
         got_lse.push(lse_host[(i * h_q + h) * s_q + t] as f64);
         ref_lse.push(row.lse);
     }
-    Ok(CaseReport {
+    CaseReport {
         label: layout.spec.label(),
         out: Comparison::of(&got_out, &ref_out, layout.spec.out_tolerance()),
         lse: Comparison::of(&got_lse, &ref_lse, layout.spec.lse_tolerance()),
@@ -711,7 +728,7 @@ pub fn check_case<T: Element>(
         rows_checked: (rows_checked, total_rows),
         seed: layout.spec.seed,
         out_tolerance: layout.spec.out_tolerance(),
-    })
+    }
 }
 
 /// Key·row products the CPU reference checks per case before it switches to a random subset of rows.
