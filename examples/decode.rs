@@ -83,7 +83,6 @@ fn main() -> flashmla::Result<()> {
         ..Default::default()
     };
     fm.decode(&stream, &mut plan, &args, &mut outputs, options)?; // once per layer
-    drop(outputs);
     let out_host = stream.clone_dtoh(&out)?;
     let lse_host = stream.clone_dtoh(&lse)?;
 
