@@ -220,12 +220,13 @@ fn to_i32(name: &'static str, v: usize) -> Result<i32> {
     })
 }
 
-/// `strides` with those of extent-1 dimensions set to 0 (the last one kept, for the contiguity check).
+/// `strides` with those of extent-1 dimensions replaced: 0 for a leading one, 1 for the last one (a
+/// single element is contiguous). The kernels only ever index such a dimension at 0.
 fn used_strides<const N: usize>(shape: [usize; N], strides: [usize; N]) -> [usize; N] {
     let mut used = strides;
-    for d in 0..N - 1 {
+    for d in 0..N {
         if shape[d] == 1 {
-            used[d] = 0;
+            used[d] = if d == N - 1 { 1 } else { 0 };
         }
     }
     used

@@ -265,7 +265,7 @@ fn kernels_can_run(c: &Call) -> bool {
             .is_none_or(|s| s as u128 <= table_tokens)
         && q.2[3] == 1
         && k.2[3] == 1
-        && bt.2[1] == 1
+        && (bt.1[1] <= 1 || bt.2[1] == 1)
         && out.2[3] == 1
         && aligned(q.0, &q.1[..3], &q.2[..3], 2, 16)
         && aligned(k.0, &k.1[..3], &k.2[..3], 2, 16)
@@ -319,7 +319,7 @@ fn tensor_views_accept_exactly_what_fits_their_buffer() {
         let needed: Option<u128> = if shape.contains(&0) {
             Some(0)
         } else {
-            max_offset(shape, strides).map(|m| m + 1)
+            max_offset(shape, strides).and_then(|m| m.checked_add(1))
         };
         let fits = needed.is_some_and(|n| n <= len as u128);
         let r = crate::tensor::check_view_extent("v", shape, strides, len);

@@ -16,7 +16,7 @@ case "${1:-}" in
   --bundle)
     dir=$2
     mkdir -p "$dir/tests" "$dir/examples"
-    cargo test --release --locked --no-run --message-format=json-render-diagnostics | executables \
+    cargo test --release --locked --no-run --message-format=json-render-diagnostics | executables | grep /deps/ \
       | while read -r exe; do cp "$exe" "$dir/tests/candle-$(basename "$exe" | sed 's/-[0-9a-f]\{16\}$//')"; done
     cargo build --release --locked --examples
     cp target/release/examples/mla_decode "$dir/examples/candle-mla_decode"

@@ -3,8 +3,9 @@
 # with a runner, so the whole GPU suite runs on a machine that has a GPU and no Rust:
 #
 #     scripts/gpu-suite.sh                 # here: build (also the candle integration: see --no-candle)
-#     target/gpu-suite/run.sh              # there: run it; prints "gpu-suite: N passed, N failed, N skipped"
-#     target/gpu-suite/run.sh --bench      # there: also run the criterion benches
+#                                          # into target/gpu-suite/ and target/gpu-suite.tar.gz (to send)
+#     gpu-suite/run.sh                     # there: run it; prints "gpu-suite: N passed, N failed, N skipped"
+#     gpu-suite/run.sh --bench             # there: also run the criterion benches
 #
 # scripts/gpu-suite.sh --no-candle leaves out the candle integration (which needs scripts/cuda-toolkit.sh's
 # CUDA 13.0 toolkit from PyPI and a ~10 min build of candle's kernels).
@@ -47,7 +48,8 @@ if [ "$candle" = 1 ]; then
   for f in "$stage"/tests/candle-* "$stage"/examples/candle-*; do strip "$f" 2>/dev/null || true; done
 fi
 # The modules the binaries embed, for the record line run.sh prints after a clean run.
-target/release/flashmla info 2>/dev/null | sed -n 's/^ *embedded module \([a-z0-9_]*\) .*sha256 \([0-9a-f]*\)$/\1 \2/p' > "$stage/PTX_SHA256"
+# (`info` lists them before it opens the device, so also where there is none: exit status 69.)
+{ target/release/flashmla info 2>/dev/null || true; } | sed -n 's/^ *embedded module \([a-z0-9_]*\) .*sha256 \([0-9a-f]*\)$/\1 \2/p' > "$stage/PTX_SHA256"
 [ "$(wc -l < "$stage/PTX_SHA256")" -eq 2 ] || { echo "gpu-suite: cannot read the embedded modules' sha256" >&2; exit 1; }
 
 cat > "$stage/run.sh" <<'RUNNER'
@@ -120,5 +122,7 @@ chmod +x "$stage/run.sh"
 rm -rf "$out"
 mv "$stage" "$out"
 trap - EXIT
-du -sh "$out"
-echo "built $out: $(ls "$out/tests" | wc -l) test binaries, $(ls "$out/examples" | wc -l) examples, $(ls "$out/benches" | wc -l) benches; run $out/run.sh on the GPU machine"
+# One file to send (the candle binaries carry candle's PTX, which compresses well).
+tar czf "$out.tar.gz" -C "$(dirname "$out")" "$(basename "$out")"
+echo "built $out ($(du -sh "$out" | cut -f1)): $(ls "$out/tests" | wc -l) test binaries, $(ls "$out/examples" | wc -l) examples, $(ls "$out/benches" | wc -l) benches"
+echo "send $out.tar.gz ($(du -h "$out.tar.gz" | cut -f1)); on the GPU machine: tar xzf gpu-suite.tar.gz && FLASHMLA_REQUIRE_GPU=1 gpu-suite/run.sh"
