@@ -18,8 +18,8 @@ case "${1:-}" in
     mkdir -p "$dir/tests" "$dir/examples"
     cargo test --release --locked --no-run --message-format=json-render-diagnostics | executables | grep /deps/ \
       | while read -r exe; do cp "$exe" "$dir/tests/candle-$(basename "$exe" | sed 's/-[0-9a-f]\{16\}$//')"; done
-    cargo build --release --locked --examples
-    cp target/release/examples/mla_decode "$dir/examples/candle-mla_decode"
+    cargo build --release --locked --examples --message-format=json-render-diagnostics | executables \
+      | while read -r exe; do cp "$exe" "$dir/examples/candle-$(basename "$exe")"; done
     ;;
   "")
     cargo fmt --all -- --check

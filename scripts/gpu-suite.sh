@@ -36,9 +36,10 @@ copy_stripped() { # path dest_dir
   strip "$2/$name" 2>/dev/null || true
 }
 
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 cargo build --release --locked --bin flashmla --examples
-copy_stripped target/release/flashmla "$stage/bin"
-copy_stripped target/release/examples/decode "$stage/examples"
+copy_stripped "$target_dir/release/flashmla" "$stage/bin"
+copy_stripped "$target_dir/release/examples/decode" "$stage/examples"
 cargo test --release --locked --workspace --no-run --message-format=json-render-diagnostics | executables \
   | while read -r exe; do copy_stripped "$exe" "$stage/tests"; done
 cargo bench --locked --no-run --message-format=json-render-diagnostics | executables \
@@ -49,7 +50,7 @@ if [ "$candle" = 1 ]; then
 fi
 # The modules the binaries embed, for the record line run.sh prints after a clean run.
 # (`info` lists them before it opens the device, so also where there is none: exit status 69.)
-{ target/release/flashmla info 2>/dev/null || true; } | sed -n 's/^ *embedded module \([a-z0-9_]*\) .*sha256 \([0-9a-f]*\)$/\1 \2/p' > "$stage/PTX_SHA256"
+{ "$stage/bin/flashmla" info 2>/dev/null || true; } | sed -n 's/^ *embedded module \([a-z0-9_]*\) .*sha256 \([0-9a-f]*\)$/\1 \2/p' > "$stage/PTX_SHA256"
 [ "$(wc -l < "$stage/PTX_SHA256")" -eq 2 ] || { echo "gpu-suite: cannot read the embedded modules' sha256" >&2; exit 1; }
 
 cat > "$stage/run.sh" <<'RUNNER'
