@@ -15,7 +15,10 @@
 //! other sm_80+ GPUs, and on request ([`DecodeKernel::Portable`]), a portable `mma.sync` kernel.
 //!
 //! Neither allocates nor synchronises the host, so a step can be captured in a CUDA graph. Every invalid
-//! input is a typed [`Error`] before anything is launched. [`reference`](mod@reference) is an `f64` CPU reference of the
+//! input is a typed [`Error`] before anything is launched; a cudarc `DriverError` converts into it with
+//! `?`. Use the re-exported [`cudarc`] and [`half`] for the buffers you pass, so the versions match.
+//! `examples/decode.rs` is a complete program; `candle/` (the `flashmla-candle` crate) offers the same two
+//! calls on candle tensors. [`reference`](mod@reference) is an `f64` CPU reference of the
 //! same semantics; [`testdata`] builds FlashMLA-style test cases on the GPU and checks them against it;
 //! [`bench`](mod@bench) is the benchmark procedure behind `flashmla bench`.
 //!
