@@ -10,10 +10,11 @@ if cargo tree -p flashmla -e normal,build --locked --prefix none | grep -q '^cla
   echo "package-check: the library depends on clap" >&2; exit 1
 fi
 cargo package --locked -p flashmla-abi -p flashmla
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for crate in flashmla-abi flashmla; do tar xzf "target/package/$crate-$version.crate" -C "$work"; done
+for crate in flashmla-abi flashmla; do tar xzf "$target_dir/package/$crate-$version.crate" -C "$work"; done
 if [ -d "$work/flashmla-$version/kernels" ]; then
   echo "package-check: the package carries kernels/ (it needs only host/ptx)" >&2; exit 1
 fi
