@@ -251,3 +251,40 @@ impl Error {
         move |source| Error::Cuda { op, source }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_the_message() {
+        // What `fn main() -> Result<(), Box<dyn std::error::Error>>` prints after "Error: ".
+        let e: Box<dyn std::error::Error> = Box::new(Error::NoDriver);
+        assert_eq!(format!("{e:?}"), Error::NoDriver.to_string());
+        assert!(format!("{e:?}").starts_with("no CUDA driver"));
+        let e = Error::HeadsNotDivisible { h_q: 12, h_kv: 5 };
+        assert_eq!(
+            format!("{e:?}"),
+            "num_heads_q (12) must be a multiple of num_heads_kv (5)"
+        );
+    }
+
+    #[test]
+    fn cudarc_errors_convert_with_question_mark() {
+        fn call() -> Result<()> {
+            Err(DriverError(
+                cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+            ))?
+        }
+        match call() {
+            Err(Error::Cuda { op, source }) => {
+                assert_eq!(op, "(a cudarc call)");
+                assert_eq!(
+                    source.0,
+                    cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY
+                );
+            }
+            other => panic!("{}", other.is_ok()),
+        }
+    }
+}
