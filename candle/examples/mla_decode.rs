@@ -18,11 +18,11 @@ fn main() -> candle_core::Result<()> {
     let k_cache =
         Tensor::randn(0f32, 0.1, (pages, 64, h_kv, 576), &device)?.to_dtype(DType::BF16)?;
     // Request i owns pages i, i + b, i + 2b, ...: interleaved, as a page allocator hands them out.
-    let table: Vec<u32> = (0..b)
-        .flat_map(|i| (0..pages_per_seq).map(move |j| (j * b + i) as u32))
+    let page_of = move |i: usize, j: usize| j * b + i;
+    let table: Vec<i32> = (0..b)
+        .flat_map(|i| (0..pages_per_seq).map(move |j| page_of(i, j) as i32))
         .collect();
-    let block_table =
-        Tensor::from_vec(table.clone(), (b, pages_per_seq), &device)?.to_dtype(DType::I32)?;
+    let block_table = Tensor::from_vec(table, (b, pages_per_seq), &device)?;
     let cache_seqlens = Tensor::new(&lens, &device)?;
 
     // Once per decode step, then once per layer.
@@ -42,11 +42,8 @@ fn main() -> candle_core::Result<()> {
     let (mut max_out_err, mut max_lse_err) = (0f32, 0f32);
     for (i, &len) in lens.iter().enumerate() {
         let len = len as usize;
-        let ids = Tensor::from_vec(
-            table[i * pages_per_seq..(i + 1) * pages_per_seq].to_vec(),
-            pages_per_seq,
-            &device,
-        )?;
+        let ids: Vec<u32> = (0..pages_per_seq).map(|j| page_of(i, j) as u32).collect();
+        let ids = Tensor::from_vec(ids, pages_per_seq, &device)?;
         let keys = k_cache
             .index_select(&ids, 0)?
             .reshape((pages_per_seq * 64, 576))?
@@ -70,20 +67,21 @@ fn main() -> candle_core::Result<()> {
             .matmul(&keys.narrow(1, 0, 512)?)?;
         let reference_lse = (max + sum.log()?)?.reshape((s_q, h_q))?.t()?; // [h_q, s_q]
         let got = out.i(i)?.reshape((s_q * h_q, 512))?.to_dtype(DType::F32)?;
-        let err =
-            |a: &Tensor, b: &Tensor| (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>();
-        max_out_err = max_out_err.max(err(&got, &reference)?);
-        max_lse_err = max_lse_err.max(err(&lse.i(i)?, &reference_lse)?);
+        let max_abs = |t: Tensor| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>();
+        max_out_err = max_out_err.max(max_abs((&got - &reference)?)?);
+        let lse_error = ((&lse.i(i)? - &reference_lse)? / &reference_lse)?;
+        max_lse_err = max_lse_err.max(max_abs(lse_error)?);
     }
     println!(
-        "out {:?} {:?}, lse {:?} {:?}: max |FlashMLA − candle ops| = {max_out_err:.2e} (out), {max_lse_err:.2e} (lse)",
+        "out {:?} {:?}, lse {:?} {:?}: FlashMLA vs candle ops: max |Δout| {max_out_err:.2e}, max |Δlse/lse| {max_lse_err:.2e}",
         out.dims(),
         out.dtype(),
         lse.dims(),
         lse.dtype()
     );
-    // out is rounded to bf16 (about 3 significant digits of values below 0.1); lse is f32.
-    if max_out_err > 2e-3 || max_lse_err > 1e-3 {
+    // out is rounded to bf16 (3 significant digits of values below 0.1); lse is f32, held by FlashMLA's
+    // own test to a relative 8/65536 (doubled here for the f32 reference).
+    if max_out_err > 2e-3 || max_lse_err > 16.0 / 65536.0 {
         candle_core::bail!("FlashMLA and the candle-ops attention disagree");
     }
     Ok(())
