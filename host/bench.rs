@@ -388,8 +388,7 @@ impl Bencher {
 
     fn matmul_tflops(&mut self) -> Result<f64> {
         use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
-        // SAFETY: only probes whether the library can be opened.
-        if !unsafe { blas_sys::is_culib_present() } {
+        if !crate::runtime::cublas_available() {
             return Err(Error::Cublas(
                 "libcublas could not be loaded (add the CUDA toolkit's lib64 to LD_LIBRARY_PATH)"
                     .into(),

@@ -222,6 +222,18 @@ fn to_i32(name: &'static str, v: usize) -> Result<i32> {
     })
 }
 
+/// `strides` with those of extent-1 dimensions replaced: 0 for a leading one, 1 for the last one (a
+/// single element is contiguous). The kernels only ever index such a dimension at 0.
+fn used_strides<const N: usize>(shape: [usize; N], strides: [usize; N]) -> [usize; N] {
+    let mut used = strides;
+    for d in 0..N {
+        if shape[d] == 1 {
+            used[d] = if d == N - 1 { 1 } else { 0 };
+        }
+    }
+    used
+}
+
 fn check_shape<const N: usize>(
     name: &'static str,
     got: [usize; N],
@@ -287,6 +299,13 @@ pub(crate) struct DecodeLaunch {
     kernel: DecodeKernel,
 }
 
+#[cfg(test)]
+impl DecodeLaunch {
+    pub(crate) fn decode_params(&self) -> &DecodeParams {
+        &self.decode
+    }
+}
+
 impl FlashMla {
     /// Allocates the metadata and split workspaces for `shape` on this device.
     ///
@@ -301,9 +320,9 @@ impl FlashMla {
     pub fn plan_decode(&self, stream: &Arc<CudaStream>, shape: DecodeShape) -> Result<DecodePlan> {
         self.check_decode_device()?;
         let metadata = self.alloc_sched_metadata(stream, shape)?;
-        let splits = max_total_splits(shape.batch_size, metadata.num_sm_parts());
+        let splits = max_total_splits(shape.batch_size(), metadata.num_sm_parts());
         let rows = splits
-            .checked_mul(shape.num_heads_kv)
+            .checked_mul(shape.num_heads_kv())
             .and_then(|v| v.checked_mul(shape.q_seq_per_hk()))
             .ok_or(Error::Overflow {
                 what: "split workspace rows",
@@ -316,7 +335,7 @@ impl FlashMla {
             unsafe { stream.alloc::<f32>(rows * HEAD_DIM_V) }.map_err(Error::cuda("cuMemAlloc"))?;
         let lse_accum = unsafe { stream.alloc::<f32>(rows) }.map_err(Error::cuda("cuMemAlloc"))?;
         let tensor_map_slots = if self.inner.decode_sm90.is_some() {
-            let ctas = shape.num_m_blocks() * shape.num_heads_kv * metadata.num_sm_parts();
+            let ctas = shape.num_m_blocks() * shape.num_heads_kv() * metadata.num_sm_parts();
             // cuMemAlloc returns 256-byte aligned memory: every 128-byte slot is 64-byte aligned.
             Some(
                 stream
@@ -690,6 +709,17 @@ pub(crate) fn validate(
     let (bt_ptr, bt_shape, bt_strides) = a.block_table;
     let (out_ptr, out_shape, out_strides) = a.out;
     let (lse_ptr, lse_shape, lse_strides) = a.lse;
+    // A dimension of extent 1 is only ever indexed at 0: its stride never reaches an address, so any
+    // value (frameworks leave arbitrary ones there) is taken, and the kernels get 0.
+    let (q_strides, k_strides, bt_strides) = (
+        used_strides(q_shape, q_strides),
+        used_strides(k_shape, k_strides),
+        used_strides(bt_shape, bt_strides),
+    );
+    let (out_strides, lse_strides) = (
+        used_strides(out_shape, out_strides),
+        used_strides(lse_shape, lse_strides),
+    );
 
     if q_shape[3] != HEAD_DIM_K {
         return Err(Error::HeadDim {
@@ -730,7 +760,7 @@ pub(crate) fn validate(
             got: out_shape[3],
         });
     }
-    let (b, s_q, h_q) = (shape.batch_size, shape.seqlen_q, shape.num_heads_q);
+    let (b, s_q, h_q) = (shape.batch_size(), shape.seqlen_q(), shape.num_heads_q());
     check_shape("out", out_shape, [b, s_q, h_q, HEAD_DIM_V])?;
     check_shape("lse", lse_shape, [b, h_q, s_q])?;
     if bt_shape[0] != b {
@@ -781,12 +811,12 @@ pub(crate) fn validate(
         return Err(Error::MetadataNotComputed);
     }
     let rows = shape.q_seq_per_hk();
-    let combine_tasks = shape.num_heads_kv * rows * COMBINE_WARPS_PER_ROW;
+    let combine_tasks = shape.num_heads_kv() * rows * COMBINE_WARPS_PER_ROW;
     let tasks_per_warp = combine_tasks_per_warp(b * combine_tasks);
     let combine_blocks = combine_tasks.div_ceil(COMBINE_WARPS as usize * tasks_per_warp);
     // Grid y and z are limited to 65535 (h_kv is the decode grid's y, b the combine grid's y).
     for (what, value) in [
-        ("h_kv (decode grid y)", shape.num_heads_kv),
+        ("h_kv (decode grid y)", shape.num_heads_kv()),
         ("batch size (combine grid y)", b),
     ] {
         if value > 65_535 {
@@ -834,7 +864,7 @@ pub(crate) fn validate(
         output,
         batch_size: to_i32("batch_size", b)?,
         seqlen_q: to_i32("seqlen_q", s_q)?,
-        num_heads_kv: to_i32("num_heads_kv", shape.num_heads_kv)?,
+        num_heads_kv: to_i32("num_heads_kv", shape.num_heads_kv())?,
         heads_per_kv: to_i32("heads per kv head", shape.heads_per_kv())?,
         q_seq_per_hk: to_i32("s_q · h_q / h_kv", rows)?,
         num_blocks: to_i32("k_cache num_blocks", k_shape[0])?,
@@ -860,7 +890,7 @@ pub(crate) fn validate(
         combine,
         decode_grid: (
             shape.num_m_blocks() as u32,
-            shape.num_heads_kv as u32,
+            shape.num_heads_kv() as u32,
             num_sm_parts as u32,
         ),
         combine_grid: (combine_blocks as u32, b as u32, 1),

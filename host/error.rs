@@ -6,7 +6,10 @@ use cudarc::driver::DriverError;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in flashmla.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the message too (what `fn main() -> Result<(), Box<dyn Error>>` shows), and a cudarc
+/// [`DriverError`] converts with `?`.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The CUDA driver library (`libcuda.so.1`) could not be loaded: no NVIDIA driver on this machine.
@@ -234,8 +237,63 @@ pub enum Error {
     },
 }
 
+impl std::fmt::Debug for Error {
+    /// The message, not the variant's fields: a `main` returning an error prints its `Debug`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// A cudarc call made by the caller, e.g. `stream.clone_htod(&data)?` in a function returning
+/// [`flashmla::Result`](Result).
+impl From<DriverError> for Error {
+    fn from(source: DriverError) -> Self {
+        Error::Cuda {
+            op: "(a cudarc call)",
+            source,
+        }
+    }
+}
+
 impl Error {
     pub(crate) fn cuda(op: &'static str) -> impl FnOnce(DriverError) -> Error {
         move |source| Error::Cuda { op, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_the_message() {
+        // What `fn main() -> Result<(), Box<dyn std::error::Error>>` prints after "Error: ".
+        let e: Box<dyn std::error::Error> = Box::new(Error::NoDriver);
+        assert_eq!(format!("{e:?}"), Error::NoDriver.to_string());
+        assert!(format!("{e:?}").starts_with("no CUDA driver"));
+        let e = Error::HeadsNotDivisible { h_q: 12, h_kv: 5 };
+        assert_eq!(
+            format!("{e:?}"),
+            "num_heads_q (12) must be a multiple of num_heads_kv (5)"
+        );
+    }
+
+    #[test]
+    fn cudarc_errors_convert_with_question_mark() {
+        fn call() -> Result<()> {
+            Err(DriverError(
+                cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+            ))?
+        }
+        match call() {
+            Err(Error::Cuda { op, source }) => {
+                assert_eq!(op, "(a cudarc call)");
+                assert_eq!(
+                    source.0,
+                    cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY
+                );
+            }
+            other => panic!("{}", other.is_ok()),
+        }
     }
 }

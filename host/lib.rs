@@ -15,7 +15,10 @@
 //! other sm_80+ GPUs, and on request ([`DecodeKernel::Portable`]), a portable `mma.sync` kernel.
 //!
 //! Neither allocates nor synchronises the host, so a step can be captured in a CUDA graph. Every invalid
-//! input is a typed [`Error`] before anything is launched. [`reference`](mod@reference) is an `f64` CPU reference of the
+//! input is a typed [`Error`] before anything is launched; a cudarc `DriverError` converts into it with
+//! `?`. Use the re-exported [`cudarc`] and [`half`] for the buffers you pass, so the versions match.
+//! `examples/decode.rs` is a complete program; `candle/` (the `flashmla-candle` crate) offers the same two
+//! calls on candle tensors. [`reference`](mod@reference) is an `f64` CPU reference of the
 //! same semantics; [`testdata`] builds FlashMLA-style test cases on the GPU and checks them against it;
 //! [`bench`](mod@bench) is the benchmark procedure behind `flashmla bench`.
 //!
@@ -39,6 +42,8 @@ pub mod bench;
 mod decode;
 mod error;
 mod launch;
+#[cfg(test)]
+mod proptests;
 pub mod ptx;
 pub mod reference;
 pub mod rng;
@@ -46,6 +51,12 @@ mod runtime;
 mod sched;
 mod tensor;
 pub mod testdata;
+
+/// The `cudarc` this crate is built against: use it (`flashmla::cudarc`) for the device buffers and
+/// streams you pass, so the versions match.
+pub use cudarc;
+/// The `half` crate of [`half::bf16`] and [`half::f16`], the element types the kernels take.
+pub use half;
 
 pub use decode::{
     DecodeArgs, DecodeKernel, DecodeOptions, DecodeOutputs, DecodePlan, OutputBuffers,
@@ -57,3 +68,36 @@ pub use flashmla_abi as abi;
 pub use runtime::{driver_available, DeviceInfo, FlashMla, KernelInfo};
 pub use sched::{get_mla_metadata_cpu, DecodeShape, SchedMetadata, Schedule};
 pub use tensor::{DType, Element, TensorView, TensorViewMut};
+
+#[cfg(test)]
+mod readme {
+    /// The README's library example is an excerpt of `examples/decode.rs`, which CI builds (and which
+    /// the GPU suite runs): every code line of the README's `rust` block is a line of the example.
+    #[test]
+    fn readme_example_is_an_excerpt_of_examples_decode() {
+        let readme = include_str!("../README.md");
+        let example = include_str!("../examples/decode.rs");
+        let block = readme
+            .split("```rust\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README.md has a ```rust block");
+        let lines: std::collections::HashSet<&str> = example.lines().map(str::trim).collect();
+        let code = block
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("//"));
+        let mut checked = 0;
+        for line in code {
+            assert!(
+                lines.contains(line),
+                "README line not in examples/decode.rs: {line}"
+            );
+            checked += 1;
+        }
+        assert!(
+            checked >= 10,
+            "the README block has only {checked} code lines"
+        );
+    }
+}

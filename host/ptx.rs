@@ -1,4 +1,6 @@
-//! The PTX modules built by `build.rs` from `kernels/`, embedded in the binary.
+//! The PTX modules of `kernels/`, embedded in the binary: by default the ones carried in `host/ptx/`
+//! (generated from `kernels/` by `scripts/update-ptx.sh`, checked by CI to be exactly what the sources
+//! compile to), see [`PTX_ORIGIN`].
 
 /// Target architecture of an embedded PTX module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,6 +39,8 @@ pub struct PtxModule {
     pub name: &'static str,
     /// The PTX text.
     pub source: &'static str,
+    /// SHA-256 of `source`, lowercase hex (what `host/ptx/FINGERPRINT` records).
+    pub sha256: &'static str,
 }
 
 impl PtxModule {
@@ -54,17 +58,23 @@ impl PtxModule {
     }
 }
 
+/// Where this build's modules come from: `carried (host/ptx)` (the default), `FLASHMLA_PTX_DIR`, or
+/// `built from kernels/ with <toolchain>` (`FLASHMLA_BUILD_KERNELS=1`).
+pub const PTX_ORIGIN: &str = env!("FLASHMLA_PTX_ORIGIN");
+
 /// Every module this build embeds.
 pub const MODULES: [PtxModule; 2] = [
     PtxModule {
         arch: PtxArch::Sm90a,
         name: "flashmla_sm90a",
         source: include_str!(concat!(env!("OUT_DIR"), "/flashmla_sm90a.ptx")),
+        sha256: env!("FLASHMLA_SM90A_SHA256"),
     },
     PtxModule {
         arch: PtxArch::Sm80,
         name: "flashmla_sm80",
         source: include_str!(concat!(env!("OUT_DIR"), "/flashmla_sm80.ptx")),
+        sha256: env!("FLASHMLA_SM80_SHA256"),
     },
 ];
 
@@ -165,6 +175,23 @@ mod tests {
                 m.source.contains(".version 8."),
                 "{}: PTX ISA below 8.x",
                 m.name
+            );
+        }
+    }
+
+    /// The carried modules are the ones `host/ptx/FINGERPRINT` names (CI checks, with the nightly, that
+    /// they are what `kernels/` compiles to and that a GPU-suite run is recorded for them).
+    #[test]
+    fn carried_modules_match_the_fingerprint() {
+        const FINGERPRINT: &str = include_str!("ptx/FINGERPRINT");
+        if PTX_ORIGIN != "carried (host/ptx)" {
+            return; // FLASHMLA_PTX_DIR or FLASHMLA_BUILD_KERNELS: not the carried modules
+        }
+        for m in MODULES {
+            let line = format!("sha256 {}  {}.ptx", m.sha256, m.name);
+            assert!(
+                FINGERPRINT.lines().any(|l| l == line),
+                "host/ptx/FINGERPRINT lacks `{line}`: run scripts/update-ptx.sh"
             );
         }
     }

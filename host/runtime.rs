@@ -101,9 +101,32 @@ type ModuleKey = (usize, Option<PtxArch>);
 static LOADED: Mutex<Vec<(ModuleKey, Weak<Inner>)>> = Mutex::new(Vec::new());
 
 /// Whether the CUDA driver library can be loaded on this machine.
+///
+/// Checked by name rather than through cudarc, because cudarc has no such check when another crate
+/// in the build (candle) links libcuda instead of loading it; there the library is already loaded.
 pub fn driver_available() -> bool {
-    // SAFETY: only tries to dlopen libcuda; loads nothing into the process if it fails.
-    unsafe { sys::is_culib_present() }
+    if cfg!(windows) {
+        loadable(&["nvcuda.dll"])
+    } else {
+        loadable(&["libcuda.so.1", "libcuda.so"])
+    }
+}
+
+/// Whether cuBLAS (only the benchmark's matmul ceiling uses it) can be loaded.
+pub(crate) fn cublas_available() -> bool {
+    if cfg!(windows) {
+        loadable(&["cublas64_13.dll", "cublas64_12.dll"])
+    } else {
+        loadable(&["libcublas.so", "libcublas.so.13", "libcublas.so.12"])
+    }
+}
+
+fn loadable(names: &[&str]) -> bool {
+    names.iter().any(|name| {
+        // SAFETY: loading an NVIDIA library runs only its own initialisers, as cudarc's loading of it
+        // would; the handle is closed again when dropped.
+        unsafe { libloading::Library::new(*name) }.is_ok()
+    })
 }
 
 impl FlashMla {

@@ -14,16 +14,15 @@ use std::sync::Arc;
 ///
 /// `q_seq_per_hk = seqlen_q · num_heads_q / num_heads_kv` query rows share one KV head; FlashMLA folds
 /// them into the GEMM M dimension (64-row tiles).
+///
+/// Only [`DecodeShape::new`] makes one, so every shape in a program is one the kernels take: no size is
+/// zero, `h_kv` divides `h_q`, the batch fits the scheduler and the rows fit 32-bit arithmetic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DecodeShape {
-    /// Requests in the batch (`b`).
-    pub batch_size: usize,
-    /// New query tokens per request (`s_q`; > 1 for speculative / MTP decoding).
-    pub seqlen_q: usize,
-    /// Query heads (`h_q`).
-    pub num_heads_q: usize,
-    /// KV heads (`h_kv`); divides `h_q`.
-    pub num_heads_kv: usize,
+    batch_size: usize,
+    seqlen_q: usize,
+    num_heads_q: usize,
+    num_heads_kv: usize,
 }
 
 impl DecodeShape {
@@ -82,6 +81,26 @@ impl DecodeShape {
         })
     }
 
+    /// Requests in the batch (`b`).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// New query tokens per request (`s_q`; > 1 for speculative / MTP decoding).
+    pub fn seqlen_q(&self) -> usize {
+        self.seqlen_q
+    }
+
+    /// Query heads (`h_q`).
+    pub fn num_heads_q(&self) -> usize {
+        self.num_heads_q
+    }
+
+    /// KV heads (`h_kv`); divides `h_q`.
+    pub fn num_heads_kv(&self) -> usize {
+        self.num_heads_kv
+    }
+
     /// Query heads sharing one KV head (`h_q / h_kv`).
     pub fn heads_per_kv(&self) -> usize {
         self.num_heads_q / self.num_heads_kv
@@ -124,6 +143,9 @@ impl Schedule {
     }
 }
 
+/// Largest number of SM parts: the decode grid's z dimension.
+const MAX_SM_PARTS: usize = 65_535;
+
 /// Computes the schedule on the CPU, exactly as the GPU metadata kernel does.
 ///
 /// ```
@@ -142,6 +164,21 @@ pub fn get_mla_metadata_cpu(cache_seqlens: &[i32], num_sm_parts: usize) -> Resul
     if num_sm_parts == 0 {
         return Err(Error::ZeroSize {
             name: "num_sm_parts",
+        });
+    }
+    // The decode grid has one CTA row per part (grid z), and split counts are i32 on the device.
+    if num_sm_parts > MAX_SM_PARTS {
+        return Err(Error::Overflow {
+            what: "num_sm_parts",
+            value: num_sm_parts as u128,
+            limit: "65535 (the decode grid's z dimension)",
+        });
+    }
+    if b + num_sm_parts > i32::MAX as usize {
+        return Err(Error::Overflow {
+            what: "batch_size + num_sm_parts (split slots)",
+            value: (b + num_sm_parts) as u128,
+            limit: "i32",
         });
     }
     if let Some((index, &value)) = cache_seqlens.iter().enumerate().find(|(_, &v)| v < 0) {
@@ -257,7 +294,7 @@ impl FlashMla {
         let tile_scheduler_metadata =
             unsafe { stream.alloc::<i32>(num_sm_parts * SCHED_META_WORDS) }
                 .map_err(Error::cuda("cuMemAlloc"))?;
-        let num_splits = unsafe { stream.alloc::<i32>(shape.batch_size + 1) }
+        let num_splits = unsafe { stream.alloc::<i32>(shape.batch_size() + 1) }
             .map_err(Error::cuda("cuMemAlloc"))?;
         Ok(SchedMetadata {
             tile_scheduler_metadata,
@@ -287,7 +324,7 @@ impl FlashMla {
                 got: usize::MAX,
             });
         }
-        let b = metadata.shape.batch_size;
+        let b = metadata.shape.batch_size();
         if cache_seqlens.len() != b {
             return Err(Error::Shape {
                 name: "cache_seqlens",
@@ -339,9 +376,16 @@ impl FlashMla {
                 max: MAX_SCHED_BATCH,
             });
         }
-        if num_sm_parts == 0 || num_sm_parts > i32::MAX as usize {
+        if num_sm_parts == 0 {
             return Err(Error::ZeroSize {
                 name: "num_sm_parts",
+            });
+        }
+        if num_sm_parts > MAX_SM_PARTS {
+            return Err(Error::Overflow {
+                what: "num_sm_parts",
+                value: num_sm_parts as u128,
+                limit: "65535 (the decode grid's z dimension)",
             });
         }
         if tile_scheduler_metadata % 32 != 0 {

@@ -100,6 +100,24 @@ fn row_major_strides<const N: usize>(shape: [usize; N]) -> [usize; N] {
     strides
 }
 
+/// A view of `shape` and `strides` must stay inside a buffer of `len` elements.
+pub(crate) fn check_view_extent<const N: usize>(
+    name: &'static str,
+    shape: [usize; N],
+    strides: [usize; N],
+    len: usize,
+) -> Result<()> {
+    let needed = extent(&shape, &strides).ok_or(Error::Overflow {
+        what: name,
+        value: u128::MAX,
+        limit: "usize",
+    })?;
+    if needed > len {
+        return Err(Error::OutOfBounds { name, needed, len });
+    }
+    Ok(())
+}
+
 macro_rules! view {
     ($name:ident, $inner:ident, $doc:literal) => {
         #[doc = $doc]
@@ -120,18 +138,7 @@ macro_rules! view {
                 shape: [usize; N],
                 strides: [usize; N],
             ) -> Result<Self> {
-                let needed = extent(&shape, &strides).ok_or(Error::Overflow {
-                    what: name,
-                    value: u128::MAX,
-                    limit: "usize",
-                })?;
-                if needed > data.len() {
-                    return Err(Error::OutOfBounds {
-                        name,
-                        needed,
-                        len: data.len(),
-                    });
-                }
+                check_view_extent(name, shape, strides, data.len())?;
                 Ok(Self {
                     data,
                     shape,

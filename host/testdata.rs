@@ -111,10 +111,10 @@ impl CaseSpec {
         let s = &self.shape;
         format!(
             "b={} s_q={} h_q={} h_kv={} s_k={}{}{}{} {} a={:.2}{}",
-            s.batch_size,
-            s.seqlen_q,
-            s.num_heads_q,
-            s.num_heads_kv,
+            s.batch_size(),
+            s.seqlen_q(),
+            s.num_heads_q(),
+            s.num_heads_kv(),
             self.mean_seqlen_k,
             if self.varlen { " varlen" } else { "" },
             if self.zero_lengths { " zeros" } else { "" },
@@ -150,8 +150,8 @@ pub struct CaseLayout {
 impl CaseLayout {
     /// Draws lengths and the page permutation for `spec`.
     pub fn generate(spec: &CaseSpec) -> Self {
-        let b = spec.shape.batch_size;
-        let s_q = spec.shape.seqlen_q;
+        let b = spec.shape.batch_size();
+        let s_q = spec.shape.seqlen_q();
         let mut rng = SplitMix64::new(spec.seed);
         let mean = spec.mean_seqlen_k as f64;
         let mut seqlens: Vec<i32> = match &spec.seqlens {
@@ -220,7 +220,7 @@ impl CaseLayout {
     /// `q[b, t, h, d]` as the GPU holds it.
     pub fn q_value(&self, b: usize, t: usize, h: usize, d: usize) -> f32 {
         let s = &self.spec.shape;
-        let index = ((b * s.seqlen_q + t) * s.num_heads_q + h) * HEAD_DIM_K + d;
+        let index = ((b * s.seqlen_q() + t) * s.num_heads_q() + h) * HEAD_DIM_K + d;
         self.spec
             .dtype
             .round(fill_value(self.q_seed(), index as u64, self.spec.amplitude))
@@ -230,7 +230,7 @@ impl CaseLayout {
     pub fn key_row(&self, b: usize, g: usize, token: usize, out: &mut Vec<f32>) {
         let page = self.block_table[b * self.max_blocks_per_seq + token / PAGE_BLOCK_SIZE] as usize;
         let row =
-            (page * PAGE_BLOCK_SIZE + token % PAGE_BLOCK_SIZE) * self.spec.shape.num_heads_kv + g;
+            (page * PAGE_BLOCK_SIZE + token % PAGE_BLOCK_SIZE) * self.spec.shape.num_heads_kv() + g;
         let seed = self.k_seed();
         out.extend((0..HEAD_DIM_K).map(|d| {
             self.spec.dtype.round(fill_value(
@@ -269,7 +269,7 @@ impl<T: Element> DeviceCase<T> {
             q: TensorView::contiguous(
                 "q",
                 self.q.as_view(),
-                [s.batch_size, s.seqlen_q, s.num_heads_q, HEAD_DIM_K],
+                [s.batch_size(), s.seqlen_q(), s.num_heads_q(), HEAD_DIM_K],
             )?,
             k_cache: TensorView::contiguous(
                 "k_cache",
@@ -277,14 +277,14 @@ impl<T: Element> DeviceCase<T> {
                 [
                     self.layout.num_blocks,
                     PAGE_BLOCK_SIZE,
-                    s.num_heads_kv,
+                    s.num_heads_kv(),
                     HEAD_DIM_K,
                 ],
             )?,
             block_table: TensorView::contiguous(
                 "block_table",
                 self.block_table.as_view(),
-                [s.batch_size, self.layout.max_blocks_per_seq],
+                [s.batch_size(), self.layout.max_blocks_per_seq],
             )?,
             cache_seqlens: self.cache_seqlens.as_view(),
         })
@@ -317,10 +317,10 @@ impl FlashMla {
             });
         }
         if let Some(given) = &spec.seqlens {
-            if given.len() != spec.shape.batch_size {
+            if given.len() != spec.shape.batch_size() {
                 return Err(Error::Shape {
                     name: "case seqlens",
-                    expected: vec![spec.shape.batch_size],
+                    expected: vec![spec.shape.batch_size()],
                     got: vec![given.len()],
                 });
             }
@@ -331,8 +331,8 @@ impl FlashMla {
         let layout = CaseLayout::generate(spec);
         let s = &spec.shape;
         let cuda = Error::cuda;
-        let q_len = s.batch_size * s.seqlen_q * s.num_heads_q * HEAD_DIM_K;
-        let k_len = layout.num_blocks * PAGE_BLOCK_SIZE * s.num_heads_kv * HEAD_DIM_K;
+        let q_len = s.batch_size() * s.seqlen_q() * s.num_heads_q() * HEAD_DIM_K;
+        let k_len = layout.num_blocks * PAGE_BLOCK_SIZE * s.num_heads_kv() * HEAD_DIM_K;
         // SAFETY: plain data, filled below before any use.
         let mut q = unsafe { stream.alloc::<T>(q_len) }.map_err(cuda("cuMemAlloc"))?;
         let mut k_cache = unsafe { stream.alloc::<T>(k_len) }.map_err(cuda("cuMemAlloc"))?;
@@ -345,8 +345,8 @@ impl FlashMla {
         let valid = stream
             .clone_htod(&layout.page_valid_rows)
             .map_err(cuda("cuMemcpyHtoD"))?;
-        let rows_q = (s.batch_size * s.seqlen_q * s.num_heads_q) as u64;
-        let rows_k = (layout.num_blocks * PAGE_BLOCK_SIZE * s.num_heads_kv) as u64;
+        let rows_q = (s.batch_size() * s.seqlen_q() * s.num_heads_q()) as u64;
+        let rows_k = (layout.num_blocks * PAGE_BLOCK_SIZE * s.num_heads_kv()) as u64;
         {
             let (q_ptr, _g0) = q.device_ptr_mut(stream);
             let (k_ptr, _g1) = k_cache.device_ptr_mut(stream);
@@ -376,8 +376,8 @@ impl FlashMla {
                         seed: layout.k_seed(),
                         rows: rows_k,
                         row_len: HEAD_DIM_K as u32,
-                        rows_per_page: (PAGE_BLOCK_SIZE * s.num_heads_kv) as u32,
-                        tokens_divisor: s.num_heads_kv as u32,
+                        rows_per_page: (PAGE_BLOCK_SIZE * s.num_heads_kv()) as u32,
+                        tokens_divisor: s.num_heads_kv() as u32,
                         amplitude: spec.amplitude,
                     },
                 )?;
@@ -565,7 +565,7 @@ pub fn check_case<T: Element>(
 ) -> Result<CaseReport> {
     let layout = &case.layout;
     let s = layout.spec.shape;
-    let (b, s_q, h_q, h_kv) = (s.batch_size, s.seqlen_q, s.num_heads_q, s.num_heads_kv);
+    let (b, s_q, h_q) = (s.batch_size(), s.seqlen_q(), s.num_heads_q());
     let cuda = Error::cuda;
     let mut buffers = OutputBuffers::<T>::alloc(stream, [b, s_q, h_q])?;
     {
@@ -598,6 +598,28 @@ pub fn check_case<T: Element>(
         .map(T::to_f32)
         .collect();
     let lse_host = stream.clone_dtoh(&lse).map_err(cuda("cuMemcpyDtoH"))?;
+    Ok(check_outputs(layout, &out_host, &lse_host, row_budget))
+}
+
+/// Checks the outputs of a decode of `layout` (`out [b, s_q, h_q, 512]` as `f32`, `lse [b, h_q, s_q]`,
+/// both contiguous, poisoned with NaN before the decode): every element must be written, and the rows
+/// picked for the reference (all rows when they fit `row_budget` key·row products, else a random subset
+/// that always includes the longest and an empty request) must match the `f64` reference within
+/// FlashMLA's tolerances. For decodes made by other means than [`check_case`] (e.g. through a
+/// framework's tensors). The reference runs on all CPU cores.
+pub fn check_outputs(
+    layout: &CaseLayout,
+    out_host: &[f32],
+    lse_host: &[f32],
+    row_budget: usize,
+) -> CaseReport {
+    let s = layout.spec.shape;
+    let (b, s_q, h_q, h_kv) = (
+        s.batch_size(),
+        s.seqlen_q(),
+        s.num_heads_q(),
+        s.num_heads_kv(),
+    );
     let dtype = layout.spec.dtype;
     let unwritten_out = out_host.iter().filter(|x| !x.is_finite()).count();
     let unwritten_lse = lse_host.iter().filter(|x| x.is_nan()).count();
@@ -716,7 +738,7 @@ pub fn check_case<T: Element>(
         got_lse.push(lse_host[(i * h_q + h) * s_q + t] as f64);
         ref_lse.push(row.lse);
     }
-    Ok(CaseReport {
+    CaseReport {
         label: layout.spec.label(),
         out: Comparison::of(&got_out, &ref_out, layout.spec.out_tolerance()),
         lse: Comparison::of(&got_lse, &ref_lse, layout.spec.lse_tolerance()),
@@ -725,7 +747,7 @@ pub fn check_case<T: Element>(
         rows_checked: (rows_checked, total_rows),
         seed: layout.spec.seed,
         out_tolerance: layout.spec.out_tolerance(),
-    })
+    }
 }
 
 /// Key·row products the CPU reference checks per case before it switches to a random subset of rows.

@@ -3,144 +3,36 @@
 //! * `flashmla info`: driver, device, and every kernel's registers / shared memory.
 //! * `flashmla bench`: FlashMLA's benchmark grid (or a subset / one shape), timed with CUDA events.
 //! * `flashmla check`: the correctness sweep against the f64 CPU reference.
-use clap::{Parser, Subcommand, ValueEnum};
+mod args;
+
+use args::{
+    BenchArgs, CheckArgs, Cli, Command, Dtype, Module, Stop, Suite, EXIT_NO_GPU, EXIT_USAGE,
+};
 use flashmla::bench::{flashmla_grid, BenchRow, BenchShape, Bencher, FlashMlaTimes};
 use flashmla::ptx::PtxArch;
 use flashmla::testdata::{
     corner_cases, flashmla_sweep, head_grid_sample, run_case, DEFAULT_ROW_BUDGET,
 };
-use flashmla::{DType, DecodeKernel, Error, FlashMla, Result};
-use std::io::Write;
+use flashmla::{DType, DecodeShape, Error, FlashMla, Result};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-#[derive(Parser)]
-#[command(
-    name = "flashmla",
-    version,
-    about = "FlashMLA's MLA decode kernels in pure Rust: device info, checks and benchmarks"
-)]
-struct Cli {
-    /// CUDA device ordinal.
-    #[arg(long, global = true, default_value_t = 0)]
-    device: usize,
-    /// PTX module: the best for the device (default), or `sm80` for the portable kernels.
-    #[arg(long, global = true, value_enum)]
-    module: Option<Module>,
-    /// Split-KV kernel: the best for the device (auto), the Hopper wgmma/TMA one, or the portable one.
-    #[arg(long, global = true, value_enum, default_value = "auto")]
-    kernel: Kernel,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Module {
-    Sm90a,
-    Sm80,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Kernel {
-    Auto,
-    Hopper,
-    Portable,
-}
-
-impl From<Kernel> for DecodeKernel {
-    fn from(k: Kernel) -> Self {
-        match k {
-            Kernel::Auto => DecodeKernel::Auto,
-            Kernel::Hopper => DecodeKernel::Hopper,
-            Kernel::Portable => DecodeKernel::Portable,
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq)]
-enum Dtype {
-    Bf16,
-    Fp16,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Driver and device, and the registers / shared memory of every kernel in the embedded PTX.
-    Info,
-    /// Time the decode (split + combine, metadata reused) on FlashMLA's grid and print a table.
-    Bench(BenchArgs),
-    /// Run the correctness sweep against the f64 CPU reference.
-    Check(CheckArgs),
-}
-
-#[derive(clap::Args)]
-struct BenchArgs {
-    /// Only shapes with this batch size.
-    #[arg(long)]
-    b: Option<usize>,
-    /// Only shapes with this many query tokens.
-    #[arg(long)]
-    s_q: Option<usize>,
-    /// Only shapes with this mean KV length.
-    #[arg(long)]
-    s_k: Option<usize>,
-    /// Only shapes with this many query heads.
-    #[arg(long)]
-    h_q: Option<usize>,
-    /// KV heads (FlashMLA's grid uses 1).
-    #[arg(long, default_value_t = 1)]
-    h_kv: usize,
-    /// Only varlen (true) or fixed-length (false) shapes.
-    #[arg(long)]
-    varlen: Option<bool>,
-    /// Non-causal instead of FlashMLA's causal.
-    #[arg(long)]
-    no_causal: bool,
-    /// Benchmark exactly this shape (needs --b --s-q --s-k --h-q) instead of filtering the grid.
-    #[arg(long)]
-    one: bool,
-    /// Input type.
-    #[arg(long, value_enum, default_value = "bf16")]
-    dtype: Dtype,
-    /// Timed repetitions per shape (median reported).
-    #[arg(long, default_value_t = Bencher::DEFAULT_ITERS)]
-    iters: usize,
-    /// Write the rows as CSV.
-    #[arg(long)]
-    csv: Option<std::path::PathBuf>,
-    /// Write the rows and ceilings as JSON.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
-    /// Write the table as Markdown (with both floors per shape), as kept in BENCHMARKS.md.
-    #[arg(long)]
-    markdown: Option<std::path::PathBuf>,
-    /// FlashMLA's times from this run on this GPU, as printed by the team's anchor script
-    /// `time_flashmla.py` (CSV `b,s_q,s_k,h_q,varlen,total_seqlen_k,us`); repeat for each FlashMLA
-    /// version. Per shape the fastest is the bar of the "vs FlashMLA" column; shapes FlashMLA ran on
-    /// other lengths are an error. Without it the column stays empty: absolute times move ~15% between
-    /// runs, so only a ratio measured side by side is a claim.
-    #[arg(long = "flashmla-csv")]
-    flashmla_csv: Vec<std::path::PathBuf>,
-}
-
-#[derive(clap::Args)]
-struct CheckArgs {
-    /// Which cases: `flashmla` (FlashMLA's 48-case sweep), `head` (random draw of FlashMLA HEAD's grid),
-    /// `corner`, or `all`.
-    #[arg(long, default_value = "all")]
-    suite: String,
-    /// Cases to draw from HEAD's grid.
-    #[arg(long, default_value_t = 60)]
-    head_cases: usize,
-    /// Seed (default: the clock; printed so a failure can be replayed).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Input type of FlashMLA's sweep.
-    #[arg(long, value_enum, default_value = "bf16")]
-    dtype: Dtype,
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match args::parse(std::env::args().skip(1)) {
+        Ok(cli) => cli,
+        Err(Stop::Help(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(Stop::Version) => {
+            println!("flashmla {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(Stop::Usage(msg)) => {
+            eprintln!("flashmla: {msg}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let result = match &cli.command {
         Command::Info => info(&cli),
         Command::Bench(args) => bench(&cli, args),
@@ -148,6 +40,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e @ (Error::NoDriver | Error::NoDevice { .. } | Error::UnsupportedArch { .. })) => {
+            eprintln!("flashmla: error: {e}");
+            ExitCode::from(EXIT_NO_GPU)
+        }
         Err(e) => {
             eprintln!("flashmla: error: {e}");
             ExitCode::FAILURE
@@ -174,12 +70,14 @@ fn info(cli: &Cli) -> Result<ExitCode> {
         "flashmla {} (PTX built by rustc's NVPTX backend)",
         env!("CARGO_PKG_VERSION")
     );
+    println!("  PTX: {}", flashmla::ptx::PTX_ORIGIN);
     for m in flashmla::ptx::MODULES {
         println!(
-            "  embedded module {:<15} {} kernels, {} bytes",
+            "  embedded module {:<15} {} kernels, {} bytes, sha256 {}",
             m.name,
             m.kernel_names().count(),
-            m.source.len()
+            m.source.len(),
+            m.sha256
         );
     }
     let fm = open(cli)?;
@@ -259,11 +157,25 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     let shapes = selected_shapes(a);
     if shapes.is_empty() {
         eprintln!("flashmla bench: no shape of the grid matches the filters (use --one for a custom shape)");
-        return Ok(ExitCode::FAILURE);
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    // Every shape and every FlashMLA file is checked before the device is opened: a bad one is a usage
+    // error on any machine.
+    for s in &shapes {
+        if let Err(e) = DecodeShape::new(s.b, s.s_q, s.h_q, s.h_kv) {
+            eprintln!(
+                "flashmla bench: b={} s_q={} h_q={} h_kv={}: {e}",
+                s.b, s.s_q, s.h_q, s.h_kv
+            );
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
     }
     let mut flashmla = FlashMlaTimes::default();
     for path in &a.flashmla_csv {
-        flashmla.add_file(path)?;
+        if let Err(e) = flashmla.add_file(path) {
+            eprintln!("flashmla bench: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
     }
     let same_run = a.dtype == Dtype::Bf16 && !flashmla.is_empty();
     let fm = open(cli)?;
@@ -279,9 +191,11 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     let ceilings = bencher.ceilings()?;
     eprintln!("done");
     let mut rows: Vec<(BenchRow, Option<f64>)> = Vec::new();
+    // One line rewritten in place on a terminal; one line per shape in a log.
+    let terminal = std::io::stderr().is_terminal();
     for (i, shape) in shapes.iter().enumerate() {
-        eprint!(
-            "\r[{}/{}] b={} s_q={} s_k={} h_q={}{}          ",
+        let progress = format!(
+            "[{}/{}] b={} s_q={} s_k={} h_q={}{}",
             i + 1,
             shapes.len(),
             shape.b,
@@ -290,7 +204,12 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
             shape.h_q,
             if shape.varlen { " varlen" } else { "" }
         );
-        let _ = std::io::stderr().flush();
+        if terminal {
+            eprint!("\r{progress:<60}");
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("{progress}");
+        }
         let row = bencher.decode_row(shape, dtype, 0x5EED + i as u64)?;
         let fl = if same_run {
             flashmla
@@ -301,7 +220,9 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         };
         rows.push((row, fl));
     }
-    eprintln!();
+    if terminal {
+        eprintln!();
+    }
     let d = fm.device_info();
     let matmul = ceilings.matmul_tflops;
     let header = format!(
@@ -509,8 +430,6 @@ fn ratio_summary(rows: &[(BenchRow, Option<f64>)]) -> Vec<String> {
 }
 
 fn check(cli: &Cli, a: &CheckArgs) -> Result<ExitCode> {
-    let fm = open(cli)?;
-    let stream = fm.new_stream()?;
     let seed = a
         .seed
         .unwrap_or_else(|| flashmla::rng::SplitMix64::from_time().1);
@@ -520,25 +439,20 @@ fn check(cli: &Cli, a: &CheckArgs) -> Result<ExitCode> {
         DType::Bf16
     };
     let mut cases = Vec::new();
-    if matches!(a.suite.as_str(), "flashmla" | "all") {
+    if matches!(a.suite, Suite::Flashmla | Suite::All) {
         cases.extend(flashmla_sweep(dtype, seed));
     }
-    if matches!(a.suite.as_str(), "head" | "all") {
+    if matches!(a.suite, Suite::Head | Suite::All) {
         cases.extend(head_grid_sample(a.head_cases, seed));
     }
-    if matches!(a.suite.as_str(), "corner" | "all") {
+    if matches!(a.suite, Suite::Corner | Suite::All) {
         cases.extend(corner_cases(seed));
     }
     for c in &mut cases {
         c.kernel = cli.kernel.into();
     }
-    if cases.is_empty() {
-        eprintln!(
-            "flashmla check: unknown suite {:?} (flashmla, head, corner, all)",
-            a.suite
-        );
-        return Ok(ExitCode::FAILURE);
-    }
+    let fm = open(cli)?;
+    let stream = fm.new_stream()?;
     println!(
         "{} cases on {} ({}, kernel {}), seed {seed}",
         cases.len(),

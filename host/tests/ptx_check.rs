@@ -5,9 +5,9 @@
 //! with `cuobjdump` beside `ptxas`, that the Hopper decode kernels' SASS really has the tensor-core
 //! (`HGMMA`) and TMA (`UTMALDG`) instructions and no local-memory traffic.
 //!
-//! `ptxas` comes from PyPI (`pip install nvidia-cuda-nvcc`); it is looked up in `$FLASHMLA_PTXAS`, on
-//! `PATH`, then in `/usr/local/cuda/bin`. Without it the check is *skipped*, never passed, unless
-//! `FLASHMLA_REQUIRE_PTXAS=1`, when it fails.
+//! `ptxas` comes from PyPI (`pip install nvidia-cuda-nvcc`); see [`ptxas_candidates`] for where it is
+//! looked for (`FLASHMLA_PTXAS=/path/to/ptxas` names it). Without it the check is *skipped*, never
+//! passed, unless `FLASHMLA_REQUIRE_PTXAS=1`, when it fails.
 mod harness;
 
 use flashmla::ptx::{kernel, PtxArch, PtxModule, MODULES};
@@ -15,17 +15,69 @@ use harness::{Fail, Outcome, Pass, Skip};
 use std::path::PathBuf;
 use std::process::Command;
 
-fn find_ptxas() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("FLASHMLA_PTXAS") {
-        return Some(PathBuf::from(p));
-    }
-    let on_path = std::env::var_os("PATH")
+/// Where `ptxas` is looked for, in order: `$FLASHMLA_PTXAS`; `PATH`; `/usr/local/cuda/bin`; the venv
+/// `.ci/run` installs into (`$FLASHMLA_CUDA_VENV`, default `~/.cache/flashmla/cuda-venv`); and the
+/// `nvidia` package of `python3` (where `pip install nvidia-cuda-nvcc` puts it: `nvidia/cu13/bin`, or
+/// `nvidia/cuda_nvcc/bin` for CUDA 12 wheels).
+fn ptxas_candidates() -> Vec<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("FLASHMLA_PTXAS")
+        .map(PathBuf::from)
         .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("ptxas"));
-    on_path
-        .chain([PathBuf::from("/usr/local/cuda/bin/ptxas")])
-        .find(|p| p.is_file())
+        .collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("ptxas")));
+    }
+    candidates.push(PathBuf::from("/usr/local/cuda/bin/ptxas"));
+    let venv = std::env::var_os("FLASHMLA_CUDA_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/flashmla/cuda-venv"))
+        });
+    let mut nvidia_dirs: Vec<PathBuf> = venv
+        .and_then(|v| std::fs::read_dir(v.join("lib")).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| python.path().join("site-packages/nvidia"))
+        .collect();
+    // The `nvidia` namespace package of the python3 on PATH (user or system site-packages).
+    if let Ok(out) = Command::new("python3")
+        .args(["-c", "import nvidia; print('\\n'.join(nvidia.__path__))"])
+        .output()
+    {
+        nvidia_dirs.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| PathBuf::from(l.trim())),
+        );
+    }
+    for dir in nvidia_dirs {
+        candidates.push(dir.join("cu13/bin/ptxas"));
+        candidates.push(dir.join("cuda_nvcc/bin/ptxas"));
+    }
+    candidates
+}
+
+fn find_ptxas() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("FLASHMLA_PTXAS") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("FLASHMLA_PTXAS={} is not a file", p.display()))
+        };
+    }
+    let candidates = ptxas_candidates();
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        format!(
+            "ptxas not found (pip install nvidia-cuda-nvcc; or point FLASHMLA_PTXAS at a ptxas). Looked in: {}",
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
 }
 
 #[derive(Debug, Default)]
@@ -75,13 +127,15 @@ fn parse(report: &str, module: &PtxModule) -> Vec<KernelReport> {
 }
 
 fn check_module(module: &PtxModule) -> Outcome {
-    let Some(ptxas) = find_ptxas() else {
-        let msg = "ptxas not found (pip install nvidia-cuda-nvcc)".to_string();
-        return if std::env::var("FLASHMLA_REQUIRE_PTXAS").as_deref() == Ok("1") {
-            Fail(format!("{msg}, and FLASHMLA_REQUIRE_PTXAS=1"))
-        } else {
-            Skip(msg)
-        };
+    let ptxas = match find_ptxas() {
+        Ok(p) => p,
+        Err(msg) => {
+            return if std::env::var("FLASHMLA_REQUIRE_PTXAS").as_deref() == Ok("1") {
+                Fail(format!("{msg}, and FLASHMLA_REQUIRE_PTXAS=1"))
+            } else {
+                Skip(msg)
+            };
+        }
     };
     let dir = std::env::temp_dir().join(format!("flashmla-ptx-check-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
