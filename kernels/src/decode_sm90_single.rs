@@ -7,7 +7,7 @@
 //! KV blocks of all the requests of an SM part form one sequence: a tile is refilled with the block two
 //! ahead (next request's included) by the thread of the warpgroup that reads it last.
 //!
-//! Why two schedules: measured side by side with FlashMLA on its grid (PERF_NOTES.md, v11), the seesaw is
+//! Why two schedules: measured side by side with FlashMLA on its grid (PERF_NOTES.md, v12), the seesaw is
 //! faster where the tensor cores bound the decode (more than 64 rows per KV head) and this one where
 //! memory does (it keeps fewer hand-offs between the warpgroups on each block's path from landing to
 //! refill). The host picks by rows per KV head (`sm90_schedule_for_rows`).

@@ -33,7 +33,7 @@ pub enum Sm90Schedule {
 }
 
 /// The schedule for `rows_per_kv_head` folded query rows (`s_q · h_q / h_kv`). Measured side by side
-/// with FlashMLA on its grid (PERF_NOTES.md, v11): the seesaw is faster from 65 rows on, where the
+/// with FlashMLA on its grid (PERF_NOTES.md, v12): the seesaw is faster from 65 rows on, where the
 /// decode is bound by the tensor cores (two or more m-blocks per KV head); the single-softmax schedule is
 /// faster up to 64 rows, where it is bound by memory.
 pub const fn sm90_schedule_for_rows(rows_per_kv_head: usize) -> Sm90Schedule {
