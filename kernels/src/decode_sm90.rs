@@ -88,7 +88,7 @@ pub(crate) fn v_desc(addr: u32) -> u64 {
 /// Byte offset of 16-byte chunk `chunk` of row `row` in a 64-row × 128-byte tile with the 128-byte
 /// swizzle (chunk index XOR row mod 8; what TMA writes and wgmma reads).
 #[inline(always)]
-pub(crate) fn sw128_offset(row: usize, chunk: usize) -> usize {
+fn sw128_offset(row: usize, chunk: usize) -> usize {
     row * 128 + ((chunk ^ (row % 8)) * 16)
 }
 
