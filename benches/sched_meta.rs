@@ -1,4 +1,6 @@
-//! Scheduler metadata: the CPU pass and the GPU kernel (CUDA-event timed; skipped without a GPU).
+//! Scheduler metadata: the CPU pass and the GPU kernel, skipped without a GPU. `gpu/b` times eager
+//! launches back to back (CUDA events; bound by the host's launch cost for small batches), `gpu-graph/b`
+//! the kernel alone: 64 launches captured in one CUDA graph, replayed, time per launch.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use flashmla::rng::SplitMix64;
 use flashmla::{get_mla_metadata_cpu, DecodeShape, FlashMla};
@@ -46,6 +48,53 @@ fn bench(c: &mut Criterion) {
                         end.synchronize().expect("sync");
                         Duration::from_secs_f64(
                             start.elapsed_ms(&end).expect("elapsed") as f64 / 1e3,
+                        )
+                    })
+                });
+            }
+            // cudarc's cross-stream event tracking records events a capture cannot hold; everything
+            // here runs on one stream.
+            unsafe { fm.context().disable_event_tracking() };
+            const LAUNCHES: usize = 64;
+            for b in [1usize, 128, 4096] {
+                let lens = stream.clone_htod(&seqlens(b)).expect("upload");
+                let shape = DecodeShape::new(b, 1, 128, 1).expect("shape");
+                let mut meta = fm.alloc_sched_metadata(&stream, shape).expect("alloc");
+                stream
+                    .begin_capture(
+                        cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                    )
+                    .expect("begin capture");
+                for _ in 0..LAUNCHES {
+                    fm.get_mla_metadata(&stream, &lens, &mut meta)
+                        .expect("launch");
+                }
+                let graph = stream
+                    .end_capture(
+                        cudarc::driver::sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+                    )
+                    .expect("end capture")
+                    .expect("a graph");
+                group.bench_function(BenchmarkId::new("gpu-graph", b), |bencher| {
+                    bencher.iter_custom(|iters| {
+                        let start = stream
+                            .record_event(Some(
+                                cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
+                            ))
+                            .expect("event");
+                        for _ in 0..iters.div_ceil(LAUNCHES as u64) {
+                            graph.launch().expect("replay");
+                        }
+                        let end = stream
+                            .record_event(Some(
+                                cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
+                            ))
+                            .expect("event");
+                        end.synchronize().expect("sync");
+                        let launches = iters.div_ceil(LAUNCHES as u64) * LAUNCHES as u64;
+                        Duration::from_secs_f64(
+                            start.elapsed_ms(&end).expect("elapsed") as f64 / 1e3 * iters as f64
+                                / launches as f64,
                         )
                     })
                 });

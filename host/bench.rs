@@ -278,6 +278,8 @@ pub struct Bencher {
     events: Vec<(CudaEvent, CudaEvent)>,
     /// The split-KV kernel the decode rows time.
     pub kernel: DecodeKernel,
+    /// SM parts for every decode row ([`DecodeShape::with_num_sm_parts`]); `None`: FlashMLA's formula.
+    pub num_sm_parts: Option<usize>,
 }
 
 impl Bencher {
@@ -308,6 +310,7 @@ impl Bencher {
             flush,
             events,
             kernel: DecodeKernel::Auto,
+            num_sm_parts: None,
         })
     }
 
@@ -456,7 +459,10 @@ impl Bencher {
 
     fn decode_row_typed<T: Element>(&mut self, shape: &BenchShape, seed: u64) -> Result<BenchRow> {
         let (fm, stream) = (self.fm.clone(), self.stream.clone());
-        let dshape = DecodeShape::new(shape.b, shape.s_q, shape.h_q, shape.h_kv)?;
+        let mut dshape = DecodeShape::new(shape.b, shape.s_q, shape.h_q, shape.h_kv)?;
+        if let Some(parts) = self.num_sm_parts {
+            dshape = dshape.with_num_sm_parts(parts)?;
+        }
         let spec = CaseSpec {
             kernel: self.kernel,
             seqlens: shape.seqlens(),

@@ -747,7 +747,7 @@ pub(crate) fn validate(
         });
     }
     let shape = DecodeShape::new(q_shape[0], q_shape[1], q_shape[2], k_shape[2])?;
-    if shape != *planned {
+    if shape.dims() != planned.dims() {
         return Err(Error::PlanMismatch {
             planned: *planned,
             got: shape,
@@ -982,6 +982,13 @@ mod tests {
         a.lse.1[2] = 1;
         a.lse.2 = contiguous(a.lse.1);
         assert_eq!(validate(&shape, 66, true, &a).unwrap().decode.is_causal, 0);
+    }
+
+    #[test]
+    fn a_plan_with_its_own_sm_parts_takes_the_same_inputs() {
+        let shape = plan_shape().with_num_sm_parts(8).unwrap();
+        let launch = validate(&shape, 8, true, &good()).expect("same batch dimensions");
+        assert_eq!(launch.decode_grid.2, 8);
     }
 
     macro_rules! rejects {

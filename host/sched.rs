@@ -23,6 +23,8 @@ pub struct DecodeShape {
     seqlen_q: usize,
     num_heads_q: usize,
     num_heads_kv: usize,
+    /// An explicit number of SM parts ([`DecodeShape::with_num_sm_parts`]), else FlashMLA's formula.
+    sm_parts: Option<u32>,
 }
 
 impl DecodeShape {
@@ -78,7 +80,48 @@ impl DecodeShape {
             seqlen_q,
             num_heads_q,
             num_heads_kv,
+            sm_parts: None,
         })
+    }
+
+    /// The same shape with an explicit number of SM parts (work lists, the decode grid's z extent)
+    /// instead of FlashMLA's formula: for measuring how a batch should be cut, e.g. small batches,
+    /// where fewer, longer work lists write fewer partial results for the combine kernel to merge.
+    /// `1 ..= 65535` (the grid's z limit).
+    ///
+    /// ```
+    /// let shape = flashmla::DecodeShape::new(1, 1, 128, 1)?.with_num_sm_parts(16)?;
+    /// assert_eq!(shape.num_sm_parts(132), 16);
+    /// assert!(flashmla::DecodeShape::new(1, 1, 128, 1)?.with_num_sm_parts(0).is_err());
+    /// # Ok::<(), flashmla::Error>(())
+    /// ```
+    pub fn with_num_sm_parts(self, num_sm_parts: usize) -> Result<Self> {
+        if num_sm_parts == 0 {
+            return Err(Error::ZeroSize {
+                name: "num_sm_parts",
+            });
+        }
+        if num_sm_parts > MAX_SM_PARTS {
+            return Err(Error::Overflow {
+                what: "num_sm_parts",
+                value: num_sm_parts as u128,
+                limit: "65535 (the decode grid's z dimension)",
+            });
+        }
+        Ok(Self {
+            sm_parts: Some(num_sm_parts as u32),
+            ..self
+        })
+    }
+
+    /// `[b, s_q, h_q, h_kv]`: what inputs must match (the number of SM parts is the plan's own).
+    pub(crate) fn dims(&self) -> [usize; 4] {
+        [
+            self.batch_size,
+            self.seqlen_q,
+            self.num_heads_q,
+            self.num_heads_kv,
+        ]
     }
 
     /// Requests in the batch (`b`).
@@ -116,8 +159,12 @@ impl DecodeShape {
         self.q_seq_per_hk().div_ceil(abi::BLOCK_SIZE_M)
     }
 
-    /// FlashMLA's number of SM parts for a device with `num_sms` multiprocessors (≥ 1).
+    /// The number of SM parts for a device with `num_sms` multiprocessors (≥ 1): the one set by
+    /// [`with_num_sm_parts`](Self::with_num_sm_parts), else FlashMLA's formula.
     pub fn num_sm_parts(&self, num_sms: u32) -> usize {
+        if let Some(parts) = self.sm_parts {
+            return parts as usize;
+        }
         abi::num_sm_parts(
             num_sms,
             self.num_heads_kv as u32,
@@ -307,8 +354,10 @@ impl FlashMla {
     }
 
     /// Computes the schedule for `cache_seqlens` (`int32 [b]`, on this device) into `metadata`, on
-    /// `stream`. One 32-thread kernel; no allocation and no host synchronisation, so it can be captured
+    /// `stream`. One kernel launch; no allocation and no host synchronisation, so it can be captured
     /// in a CUDA graph. Lengths are read on the device: negative values count as 0.
+    /// One CTA: the request costs are summed in parallel and one warp moves FlashMLA's greedy cursor from
+    /// part to part with warp-wide searches, so the time grows with the parts, not the batch.
     pub fn get_mla_metadata<S: DevicePtr<i32>>(
         &self,
         stream: &Arc<CudaStream>,
@@ -396,7 +445,7 @@ impl FlashMla {
             });
         }
         self.bind()?;
-        let smem = batch_size * std::mem::size_of::<i32>();
+        let smem = abi::sched_meta_smem_bytes(batch_size, num_sm_parts);
         let function = &self.inner.sched_meta;
         if smem > 48 * 1024 {
             function

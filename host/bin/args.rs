@@ -47,6 +47,7 @@ Options (filters of FlashMLA's grid, unless --one):
   --one                 benchmark exactly the shape --b --s-q --s-k --h-q (all four required;
                         --h-kv, --varlen, --no-causal apply) instead of filtering the grid
   --dtype <bf16|fp16>   input type [default: bf16]
+  --sm-parts <N>        cut every batch into N work lists (1..=65535) instead of FlashMLA's formula
   --iters <N>           timed repetitions per shape, median reported [default: 30]
   --csv <FILE>          also write the rows as CSV
   --json <FILE>         also write the rows and ceilings as JSON
@@ -143,6 +144,7 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
     pub markdown: Option<PathBuf>,
     pub flashmla_csv: Vec<PathBuf>,
+    pub sm_parts: Option<usize>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -193,6 +195,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, Stop> {
         json: None,
         markdown: None,
         flashmla_csv: Vec::new(),
+        sm_parts: None,
     };
     let mut check = CheckArgs {
         suite: Suite::All,
@@ -261,6 +264,13 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, Stop> {
             }
             (Some("bench"), "--no-causal") => bench.no_causal = true,
             (Some("bench"), "--one") => bench.one = true,
+            (Some("bench"), "--sm-parts") => {
+                let parts: usize = number(&flag, &value("a count")?)?;
+                if !(1..=65_535).contains(&parts) {
+                    return Err(usage(format!("{flag}: {parts} is not in 1..=65535")));
+                }
+                bench.sm_parts = Some(parts)
+            }
             (Some("bench"), "--iters") => bench.iters = number(&flag, &value("a count")?)?,
             (Some("bench"), "--csv") => bench.csv = Some(value("a file")?.into()),
             (Some("bench"), "--json") => bench.json = Some(value("a file")?.into()),
@@ -411,6 +421,19 @@ mod tests {
             (a.dtype, a.csv),
             (Dtype::Fp16, Some(PathBuf::from("x.csv")))
         );
+    }
+
+    #[test]
+    fn sm_parts_is_a_grid_z_extent() {
+        assert_eq!(bench_args("bench").sm_parts, None);
+        assert_eq!(bench_args("bench --sm-parts 16").sm_parts, Some(16));
+        for bad in [
+            "bench --sm-parts 0",
+            "bench --sm-parts 65536",
+            "bench --sm-parts x",
+        ] {
+            assert!(matches!(run(bad), Err(Stop::Usage(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -187,6 +187,7 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     };
     let mut bencher = Bencher::new(&fm, &stream, a.iters)?;
     bencher.kernel = cli.kernel.into();
+    bencher.num_sm_parts = a.sm_parts;
     eprint!("measuring ceilings (2 GiB copy, cuBLAS bf16 8192³)... ");
     let ceilings = bencher.ceilings()?;
     eprintln!("done");

@@ -132,7 +132,12 @@ gpu_case!(sched_meta_matches_cpu_on_random_batches, |fm| {
                 meta.num_sm_parts(),
             )
         } else {
-            let parts = 1 + (n / 2) % 160;
+            // Every part count 1..=160 in turn, and now and then many more (up to 3160).
+            let parts = if n % 20 == 1 {
+                161 + rng.below(3000) as usize
+            } else {
+                1 + (n / 2) % 160
+            };
             let mut d_meta = cuda(stream.alloc_zeros::<i32>(parts * SCHED_META_WORDS))?;
             let mut d_splits = cuda(stream.alloc_zeros::<i32>(b + 1))?;
             poison(&stream, &mut d_meta)?;
@@ -192,6 +197,38 @@ gpu_case!(sched_meta_large_batch_uses_opt_in_smem, |fm| {
             return Err(format!("b={b} differs"));
         }
         out += &format!("b={b} ok; ");
+    }
+    // The kernel's serial path: prefix costs beyond 31 bits (lengths near i32::MAX), or a batch and
+    // part count whose arrays do not fit in shared memory.
+    let max = flashmla::abi::MAX_SCHED_BATCH;
+    for (b, parts, huge) in [
+        (300, 66, true),
+        (1000, 132, true),
+        (129, 7, true),
+        (max, 5000, false),
+    ] {
+        let seqlens: Vec<i32> = if huge {
+            (0..b)
+                .map(|i| i32::MAX - rng.below(1 << 20) as i32 * (i % 3) as i32)
+                .collect()
+        } else {
+            random_seqlens(&mut rng, b)
+        };
+        let d_seqlens = cuda(stream.clone_htod(&seqlens))?;
+        let shape = DecodeShape::new(b, 1, 128, 1)
+            .and_then(|s| s.with_num_sm_parts(parts))
+            .map_err(|e| e.to_string())?;
+        let mut meta = fm
+            .alloc_sched_metadata(&stream, shape)
+            .map_err(|e| e.to_string())?;
+        fm.get_mla_metadata(&stream, &d_seqlens, &mut meta)
+            .map_err(|e| e.to_string())?;
+        let gpu = meta.to_host(&stream).map_err(|e| e.to_string())?;
+        let cpu = get_mla_metadata_cpu(&seqlens, parts).map_err(|e| e.to_string())?;
+        if gpu != cpu {
+            return Err(format!("b={b} parts={parts} (serial path) differs"));
+        }
+        out += &format!("b={b} parts={parts} (serial) ok; ");
     }
     Ok(out)
 });

@@ -12,6 +12,12 @@ unsafe extern "C" {
     fn llvm_shfl_sync_bfly_i32(mask: u32, value: i32, lane_mask: i32, clamp: i32) -> i32;
     #[link_name = "llvm.nvvm.shfl.sync.idx.i32"]
     fn llvm_shfl_sync_idx_i32(mask: u32, value: i32, lane: i32, clamp: i32) -> i32;
+    #[link_name = "llvm.nvvm.shfl.sync.up.i32"]
+    fn llvm_shfl_sync_up_i32(mask: u32, value: i32, delta: i32, clamp: i32) -> i32;
+    #[link_name = "llvm.nvvm.redux.sync.umax"]
+    fn llvm_redux_sync_umax(value: u32, mask: u32) -> u32;
+    #[link_name = "llvm.nvvm.vote.ballot.sync"]
+    fn llvm_vote_ballot_sync(mask: u32, predicate: bool) -> u32;
     #[link_name = "llvm.nvvm.vote.all.sync"]
     fn llvm_vote_all_sync(mask: u32, predicate: bool) -> bool;
     #[link_name = "llvm.nvvm.bar.warp.sync"]
@@ -121,6 +127,56 @@ pub unsafe fn warp_broadcast_lane0(value: u32) -> u32 {
 pub unsafe fn warp_all(predicate: bool) -> bool {
     // SAFETY: the caller guarantees warp-wide convergence.
     unsafe { llvm_vote_all_sync(FULL_WARP, predicate) }
+}
+
+/// `shfl.sync.idx.b32` over the full warp: the value held by lane `lane`.
+///
+/// # Safety
+/// Every lane of the warp must reach it.
+#[inline(always)]
+pub unsafe fn shfl_idx_u32(value: u32, lane: u32) -> u32 {
+    // SAFETY: the caller guarantees warp-wide convergence.
+    unsafe { llvm_shfl_sync_idx_i32(FULL_WARP, value as i32, lane as i32, 0x1f) as u32 }
+}
+
+/// `vote.sync.ballot.b32` over the full warp: bit `l` set where lane `l`'s `predicate` holds.
+///
+/// # Safety
+/// Every lane of the warp must reach it.
+#[inline(always)]
+pub unsafe fn warp_ballot(predicate: bool) -> u32 {
+    // SAFETY: the caller guarantees warp-wide convergence.
+    unsafe { llvm_vote_ballot_sync(FULL_WARP, predicate) }
+}
+
+/// `redux.sync.max.u32` over the full warp (sm_80+): the largest `value` of the 32 lanes.
+///
+/// # Safety
+/// Every lane of the warp must reach it.
+#[inline(always)]
+pub unsafe fn warp_max_u32(value: u32) -> u32 {
+    // SAFETY: the caller guarantees warp-wide convergence.
+    unsafe { llvm_redux_sync_umax(value, FULL_WARP) }
+}
+
+/// Inclusive prefix sum of an `i64` over the 32 lanes of a warp (Hillis–Steele, two 32-bit
+/// `shfl.sync.up` per step; lanes below the distance keep their value).
+///
+/// # Safety
+/// Every lane of the warp must reach it.
+#[inline(always)]
+pub unsafe fn warp_inclusive_scan_i64(mut value: i64, lane: u32) -> i64 {
+    let mut delta = 1;
+    while delta < 32 {
+        // SAFETY: forwarded from the caller; clamp 0 = the whole warp for `.up`.
+        let lo = unsafe { llvm_shfl_sync_up_i32(FULL_WARP, value as i32, delta as i32, 0) } as u32;
+        let hi = unsafe { llvm_shfl_sync_up_i32(FULL_WARP, (value >> 32) as i32, delta as i32, 0) };
+        if lane >= delta {
+            value += ((hi as i64) << 32) | lo as i64;
+        }
+        delta *= 2;
+    }
+    value
 }
 
 /// `shfl.sync.idx.b32` of an `f32` over the full warp: the value held by lane `lane`.

@@ -46,19 +46,50 @@ pub const fn m_block_valid_rows(rows: u32, m_block: u32) -> usize {
 /// The scheduler's estimate of one work chunk's start-up and drain cost, in KV blocks
 /// (FlashMLA's `fixed_overhead_num_blocks`; see FlashMLA issue #38).
 pub const FIXED_OVERHEAD_NUM_BLOCKS: i32 = 5;
-/// Threads of the scheduler-metadata kernel: one warp (FlashMLA `get_mla_metadata_kernel`).
-pub const SCHED_META_THREADS: u32 = 32;
+/// Threads of the scheduler-metadata kernel (one CTA): they load the lengths and sum the prefix costs
+/// in parallel, then one warp moves the scheduler's cursor from part to part.
+pub const SCHED_META_THREADS: u32 = 512;
 /// Largest dynamic shared memory an sm_80/sm_90 CTA can opt into, in bytes.
 pub const MAX_DYNAMIC_SMEM_BYTES: usize = 227 * 1024;
-/// Largest batch the scheduler-metadata kernel takes: it stages one `i32` sequence length per request in
-/// shared memory.
-pub const MAX_SCHED_BATCH: usize = MAX_DYNAMIC_SMEM_BYTES / core::mem::size_of::<i32>();
+/// Shared memory of the scheduler-metadata kernel before its arrays: one `i64` per warp (the scan's
+/// warp totals).
+pub const SCHED_META_SCRATCH_BYTES: usize = 8 * (SCHED_META_THREADS as usize / 32);
+/// Most parts whose metadata is computed in parallel for every batch up to [`MAX_SCHED_BATCH`]: beyond
+/// them (or where [`sched_meta_parallel_fits`] fails) the kernel runs the serial pass.
+pub const MAX_SCHED_PARALLEL_PARTS: usize = 1024;
+/// Whether the scheduler-metadata kernel's parallel path fits in shared memory: one `u32` prefix cost
+/// per request, and per part boundary (`num_sm_parts + 1`) its position, request and running count of
+/// cuts.
+pub const fn sched_meta_parallel_fits(batch_size: usize, num_sm_parts: usize) -> bool {
+    batch_size <= MAX_DYNAMIC_SMEM_BYTES / 4
+        && num_sm_parts <= MAX_DYNAMIC_SMEM_BYTES / 12
+        && SCHED_META_SCRATCH_BYTES + 4 * batch_size + 12 * (num_sm_parts + 1)
+            <= MAX_DYNAMIC_SMEM_BYTES
+}
+/// Dynamic shared memory of the scheduler-metadata kernel: the scratch, plus the parallel path's
+/// arrays where they fit.
+pub const fn sched_meta_smem_bytes(batch_size: usize, num_sm_parts: usize) -> usize {
+    if sched_meta_parallel_fits(batch_size, num_sm_parts) {
+        SCHED_META_SCRATCH_BYTES + 4 * batch_size + 12 * (num_sm_parts + 1)
+    } else {
+        SCHED_META_SCRATCH_BYTES
+    }
+}
+/// Largest batch a decode shape takes: the largest whose metadata is computed in parallel with up to
+/// [`MAX_SCHED_PARALLEL_PARTS`] parts.
+pub const MAX_SCHED_BATCH: usize =
+    (MAX_DYNAMIC_SMEM_BYTES - SCHED_META_SCRATCH_BYTES - 12 * (MAX_SCHED_PARALLEL_PARTS + 1)) / 4;
 
 const _: () = assert!(
     HEAD_DIM_K.is_multiple_of(64) && HEAD_DIM_V.is_multiple_of(64) && HEAD_DIM_V < HEAD_DIM_K
 );
 const _: () = assert!(PAGE_BLOCK_SIZE == BLOCK_SIZE_M);
-const _: () = assert!(SCHED_META_THREADS == 32);
+const _: () = assert!(
+    SCHED_META_THREADS.is_multiple_of(32)
+        && SCHED_META_THREADS <= 1024
+        && sched_meta_parallel_fits(MAX_SCHED_BATCH, MAX_SCHED_PARALLEL_PARTS)
+        && !sched_meta_parallel_fits(MAX_SCHED_BATCH + 1, MAX_SCHED_PARALLEL_PARTS)
+);
 
 #[cfg(test)]
 mod tests {

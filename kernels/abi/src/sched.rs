@@ -175,6 +175,105 @@ pub fn part_range(meta: &DecodingSchedMeta, req: i32, num_blocks: i32) -> (i32, 
     (start, end, split_idx, is_split)
 }
 
+/// Where a part starts: request `req`, its KV block `block`, and the number `n_split` of chunks of
+/// `req` that earlier parts took (FlashMLA's `begin_split_idx`).
+///
+/// The greedy pass of [`schedule`] can be restated on the cost line, where request `i` ends at
+/// `C[i + 1] = Σ_{j≤i} sched_request_cost(len_j)`: a part starting at position `pos` reaches
+/// `pos + payload`; the next part starts at `reach - FIXED_OVERHEAD_NUM_BLOCKS` (the part cuts a request)
+/// or, when no more than the overhead is left past the last boundary `C[e] ≤ reach`, at `C[e]`
+/// ([`sched_next_start`]). Only that chain of start positions is serial; the metadata kernel runs it on
+/// one warp (a `redux.sync.max` finds `C[e]`) and derives every cursor, work list and `num_splits` entry
+/// from the positions in parallel, with the same result as [`schedule`] (tested on random batches for
+/// every part count).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedCursor {
+    /// Request the part starts in (`batch_size` once every request is assigned).
+    pub req: i32,
+    /// KV block of `req` the part starts at.
+    pub block: i32,
+    /// Chunks of `req` that earlier parts took.
+    pub n_split: i32,
+}
+
+/// The cost each part may take: `ceil(total_cost / num_sm_parts) + FIXED_OVERHEAD_NUM_BLOCKS`.
+#[inline(always)]
+pub const fn sched_payload(total_cost: i64, num_sm_parts: usize) -> i64 {
+    let parts = if num_sm_parts == 0 {
+        1
+    } else {
+        num_sm_parts as i64
+    };
+    (total_cost + parts - 1) / parts + FIXED_OVERHEAD_NUM_BLOCKS as i64
+}
+
+/// Largest total cost the position chain handles in 32-bit arithmetic (`start + payload` stays below
+/// 2^32); the metadata kernel runs [`schedule`] serially above it (no real batch gets there: its KV
+/// cache would hold more than 2^37 tokens).
+pub const SCHED_MAX_CHAIN_COST: i64 = i32::MAX as i64;
+
+/// The position where the part after the one starting at `start` starts. `c_e` is the last request
+/// boundary `C[e] ≤ start + payload` (0 if none); `total_cost = C[batch_size] ≤ SCHED_MAX_CHAIN_COST`.
+/// Returns `total_cost` once every request is assigned.
+#[inline(always)]
+pub fn sched_next_start(start: u32, payload: u32, total_cost: u32, c_e: u32) -> u32 {
+    let overhead = FIXED_OVERHEAD_NUM_BLOCKS as u32;
+    let reach = start + payload;
+    if reach >= total_cost {
+        total_cost
+    } else if reach - c_e > overhead {
+        // The part cuts the request after C[e]: the next one resumes inside it.
+        reach - overhead
+    } else {
+        // No more than the overhead left: not worth a chunk, the part stops at the boundary.
+        c_e
+    }
+}
+
+/// The request whose length [`sched_part_meta`] needs for a part that ends where `next` starts.
+#[inline(always)]
+pub fn sched_end_request(next: SchedCursor) -> i32 {
+    if next.block > 0 {
+        next.req
+    } else if next.req > 0 {
+        next.req - 1
+    } else {
+        0
+    }
+}
+
+/// The work list of the part that starts at `begin` and ends where `next` starts, as [`schedule`]
+/// writes it; `end_len` is the length of request [`sched_end_request`]`(next)`.
+#[inline(always)]
+pub fn sched_part_meta(begin: SchedCursor, next: SchedCursor, end_len: i32) -> DecodingSchedMeta {
+    let mut meta = DecodingSchedMeta {
+        begin_req_idx: begin.req,
+        begin_block_idx: begin.block,
+        begin_split_idx: begin.n_split,
+        is_first_req_splitted: (begin.block != 0) as i32,
+        ..DecodingSchedMeta::default()
+    };
+    if next.block > 0 {
+        meta.end_req_idx = next.req;
+        meta.end_block_idx = next.block;
+    } else {
+        meta.end_req_idx = next.req - 1;
+        meta.end_block_idx = if end_len <= 0 {
+            0
+        } else {
+            sched_num_blocks(end_len)
+        };
+    }
+    meta.is_last_req_splitted =
+        (meta.end_block_idx != sched_num_blocks(end_len) && end_len > 0) as i32;
+    if meta.begin_req_idx == meta.end_req_idx {
+        let either = meta.is_first_req_splitted | meta.is_last_req_splitted;
+        meta.is_first_req_splitted = either;
+        meta.is_last_req_splitted = either;
+    }
+    meta
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -380,6 +479,101 @@ mod tests {
                 check_invariants(&seqlens, parts, &metas, &splits);
             }
         }
+    }
+
+    /// [`schedule`] rebuilt the metadata kernel's way: the chain of start positions, then every cursor,
+    /// work list and `num_splits` entry from the positions alone (binary searches where the kernel
+    /// also searches).
+    fn run_by_cursor(seqlens: &[i32], parts: usize) -> (Vec<DecodingSchedMeta>, Vec<i32>, bool) {
+        let b = seqlens.len();
+        let mut c = vec![0u32; b + 1];
+        for (i, &len) in seqlens.iter().enumerate() {
+            c[i + 1] = c[i] + sched_request_cost(len) as u32;
+        }
+        let total = c[b];
+        assert!(total as i64 <= SCHED_MAX_CHAIN_COST);
+        let payload = sched_payload(total as i64, parts) as u32;
+        // The serial chain: start positions, their requests and the running count of cuts.
+        let (mut starts, mut reqs, mut cuts) = (vec![0u32], vec![0i32], vec![0i32]);
+        for p in 0..parts {
+            let reach = starts[p] + payload;
+            let e = c[1..].partition_point(|&v| v <= reach);
+            let next = sched_next_start(starts[p], payload, total, c[e]);
+            let req = if next == total {
+                b
+            } else {
+                c[1..].partition_point(|&v| v <= next)
+            };
+            starts.push(next);
+            reqs.push(req as i32);
+            cuts.push(cuts[p] + (next != c[req]) as i32);
+        }
+        let cursor = |p: usize| -> SchedCursor {
+            let req = reqs[p] as usize;
+            let block = (starts[p] - c[req]) as i32;
+            // Parts 0..=p that started inside request `req`: the chunks earlier parts took from it.
+            let first_inside = starts[..=p].partition_point(|&v| v <= c[req]);
+            SchedCursor {
+                req: req as i32,
+                block,
+                n_split: if block > 0 {
+                    (p + 1 - first_inside) as i32
+                } else {
+                    0
+                },
+            }
+        };
+        let metas = (0..parts)
+            .map(|p| {
+                let next = cursor(p + 1);
+                sched_part_meta(cursor(p), next, seqlens[sched_end_request(next) as usize])
+            })
+            .collect();
+        let mut num_splits = vec![0i32; b + 1];
+        for i in 0..b {
+            // Cuts at positions before the end of request i.
+            let q = starts[1..].partition_point(|&v| v < c[i + 1]);
+            num_splits[i + 1] = i as i32 + 1 + cuts[q];
+        }
+        (metas, num_splits, starts[parts] == total)
+    }
+
+    #[test]
+    fn cursor_steps_match_the_serial_pass() {
+        let mut rng = Rng(0x5eed_c0de);
+        let mut checked = 0;
+        for _ in 0..300 {
+            let seqlens = random_batch(&mut rng);
+            let b = seqlens.len();
+            for parts in [1, 2, 3, 7, 16, 33, 66, 132, 264, b, b + 1, 2 * b + 5] {
+                let (meta, splits) = run(&seqlens, parts);
+                let (meta_c, splits_c, complete) = run_by_cursor(&seqlens, parts);
+                assert!(complete, "{seqlens:?} parts={parts}");
+                assert_eq!(meta, meta_c, "{seqlens:?} parts={parts}");
+                assert_eq!(splits, splits_c, "{seqlens:?} parts={parts}");
+                checked += 1;
+            }
+        }
+        for seqlens in [
+            vec![0],
+            vec![1],
+            vec![-5, 0, 1, 64, 65],
+            vec![0; 40],
+            vec![1 << 30; 3],
+        ] {
+            for parts in 1..=70 {
+                let (meta, splits) = run(&seqlens, parts);
+                let (meta_c, splits_c, complete) = run_by_cursor(&seqlens, parts);
+                assert!(complete);
+                assert_eq!(
+                    (meta, splits),
+                    (meta_c, splits_c),
+                    "{seqlens:?} parts={parts}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 3000);
     }
 
     #[test]
