@@ -64,7 +64,7 @@ fn main() -> candle_core::Result<()> {
         let sum = weights.sum_keepdim(D::Minus1)?;
         let reference = weights
             .broadcast_div(&sum)?
-            .matmul(&keys.narrow(1, 0, 512)?)?;
+            .matmul(&keys.narrow(1, 0, 512)?.contiguous()?)?;
         let reference_lse = (max + sum.log()?)?.reshape((s_q, h_q))?.t()?; // [h_q, s_q]
         let got = out.i(i)?.reshape((s_q * h_q, 512))?.to_dtype(DType::F32)?;
         let max_abs = |t: Tensor| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>();
