@@ -73,14 +73,14 @@ fn size() -> impl Strategy<Value = usize> {
 /// What the kernels take as a batch shape: every size at least 1, KV heads dividing query heads (the
 /// kernels fold `h_q / h_kv` heads onto one KV head), a batch whose metadata the scheduler kernel
 /// computes in parallel with up to 1024 parts (a `u32` per request, 12 bytes per part boundary and
-/// 8 bytes per warp of its 512 threads in 227 KiB of shared memory), and `s_q · h_q` query rows addressable with 32-bit indices.
+/// 8 bytes per warp of its 512 threads and 8 more in 227 KiB of shared memory), and `s_q · h_q` query rows addressable with 32-bit indices.
 fn shape_is_runnable(b: usize, s_q: usize, h_q: usize, h_kv: usize) -> bool {
     b >= 1
         && s_q >= 1
         && h_q >= 1
         && h_kv >= 1
         && h_q % h_kv == 0
-        && b as u128 * 4 + 12 * 1025 + 8 * 16 <= 227 * 1024
+        && b as u128 * 4 + 12 * 1025 + 8 * 16 + 8 <= 227 * 1024
         && (s_q as u128) * (h_q as u128) <= i32::MAX as u128
 }
 

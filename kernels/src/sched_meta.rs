@@ -25,6 +25,9 @@ const WARPS: usize = SCHED_META_THREADS as usize / 32;
 /// boundary `p ≤ num_sm_parts` its start position, the request it lies in and the cuts (parts that
 /// ended inside a request) among boundaries `1..=p`.
 struct Chain {
+    /// Part boundaries the chain recorded: it stops once every request is assigned, and the
+    /// boundaries after it all start at the end (request b, block 0).
+    recorded: *mut u32,
     prefix: *mut u32,
     starts: *mut u32,
     reqs: *mut i32,
@@ -55,6 +58,7 @@ pub unsafe extern "ptx-kernel" fn flashmla_get_decoding_sched_meta(params: Sched
     // SAFETY (all four): the launch gives the scratch plus 4·b + 12·(parts + 1) bytes wherever
     // sched_meta_parallel_fits holds, the only case they are used in.
     let chain = Chain {
+        recorded: unsafe { (warp_totals as *mut u8).add(8 * WARPS) } as *mut u32,
         prefix: arrays as *mut u32,
         starts: unsafe { (arrays as *mut u32).add(b) },
         reqs: unsafe { (arrays as *mut i32).add(b + num_parts + 1) },
@@ -137,7 +141,8 @@ pub unsafe extern "ptx-kernel" fn flashmla_get_decoding_sched_meta(params: Sched
         // SAFETY: i < batch_size; the boundaries 1..=num_parts are written.
         unsafe {
             let end = chain.prefix.add(i).read();
-            let q = partition_point(chain.starts.add(1), num_parts, |v| v < end);
+            let recorded = chain.recorded.read() as usize;
+            let q = partition_point(chain.starts.add(1), recorded - 1, |v| v < end);
             num_splits
                 .add(i + 1)
                 .write(i as i32 + 1 + chain.cuts.add(q).read());
@@ -174,7 +179,7 @@ unsafe fn start_positions(chain: &Chain, b: usize, num_parts: usize, total: u32,
     let mut window = 1usize;
     let mut in_window = boundary(window + lane as usize);
     let mut before_window = 0u32; // C[window - 1]
-    let (mut start, mut cuts) = (0u32, 0i32);
+    let (mut start, mut cuts, mut recorded) = (0u32, 0i32, 1usize);
     if lane == 0 {
         // SAFETY: boundary 0 of num_parts + 1.
         unsafe { chain.record(0, 0, 0, 0) };
@@ -209,10 +214,19 @@ unsafe fn start_positions(chain: &Chain, b: usize, num_parts: usize, total: u32,
             // SAFETY: boundary part + 1 of num_parts + 1.
             unsafe { chain.record(part + 1, start, e as i32, cuts) };
         }
+        recorded = part + 2;
+        if start == total {
+            // Every later part starts at the end too (`Chain::cursor` knows); nothing to search.
+            break;
+        }
     }
-    if lane == 0 && start != total {
-        // Unassigned blocks (FlashMLA's FLASH_DEVICE_ASSERT); the cost bound rules it out.
-        arch::trap();
+    if lane == 0 {
+        if start != total {
+            // Unassigned blocks (FlashMLA's FLASH_DEVICE_ASSERT); the cost bound rules it out.
+            arch::trap();
+        }
+        // SAFETY: the scratch slot after the warp totals.
+        unsafe { chain.recorded.write(recorded as u32) };
     }
 }
 
@@ -233,11 +247,18 @@ impl Chain {
     /// request (the parts `0..=p` that started inside it).
     ///
     /// # Safety
-    /// `p ≤ num_sm_parts`, boundaries `0..=p` recorded.
+    /// `p ≤ num_sm_parts`, after the chain (boundaries from `recorded` on start at the end).
     #[inline(always)]
     unsafe fn cursor(&self, p: usize, b: usize) -> SchedCursor {
         // SAFETY: forwarded; req ≤ b, so req - 1 < b is a prefix slot.
         unsafe {
+            if p >= self.recorded.read() as usize {
+                return SchedCursor {
+                    req: b as i32,
+                    block: 0,
+                    n_split: 0,
+                };
+            }
             let start = self.starts.add(p).read();
             let req = self.reqs.add(p).read();
             let c_req = if req == 0 {

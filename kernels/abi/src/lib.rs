@@ -52,8 +52,8 @@ pub const SCHED_META_THREADS: u32 = 512;
 /// Largest dynamic shared memory an sm_80/sm_90 CTA can opt into, in bytes.
 pub const MAX_DYNAMIC_SMEM_BYTES: usize = 227 * 1024;
 /// Shared memory of the scheduler-metadata kernel before its arrays: one `i64` per warp (the scan's
-/// warp totals).
-pub const SCHED_META_SCRATCH_BYTES: usize = 8 * (SCHED_META_THREADS as usize / 32);
+/// warp totals), then the number of part boundaries the serial chain recorded (8 bytes).
+pub const SCHED_META_SCRATCH_BYTES: usize = 8 * (SCHED_META_THREADS as usize / 32) + 8;
 /// Most parts whose metadata is computed in parallel for every batch up to [`MAX_SCHED_BATCH`]: beyond
 /// them (or where [`sched_meta_parallel_fits`] fails) the kernel runs the serial pass.
 pub const MAX_SCHED_PARALLEL_PARTS: usize = 1024;
