@@ -41,7 +41,7 @@ pub enum DecodeKernel {
     /// per KV head, the single-softmax schedule (`kernels/src/decode_sm90_single.rs`) up to 64
     /// ([`flashmla_abi::sm90_schedule_for_rows`]); an error on devices without them.
     Hopper,
-    /// The `mma.sync` + `cp.async` kernel (`kernels/src/decode.rs`), any sm_80+ device.
+    /// The `mma.sync` + `cp.async` kernel (`kernels/src/portable.rs`), any sm_80+ device.
     Portable,
 }
 
