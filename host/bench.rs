@@ -7,7 +7,8 @@ use crate::tensor::{DType, Element};
 use crate::testdata::{CaseSpec, DeviceCase};
 use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
-use flashmla_abi::{FillParams, HEAD_DIM_K, HEAD_DIM_V};
+use flashmla_abi::fill::FillParams;
+use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V};
 use std::sync::Arc;
 
 /// FlashMLA measured on this project's H200 on 2026-11-30, for orientation only (absolute times on these

@@ -8,12 +8,18 @@ use crate::sched::SchedMetadata;
 use crate::tensor::{DType, Element, TensorView, TensorViewMut};
 use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice};
-use flashmla_abi::{
-    combine_tasks_per_warp, max_total_splits, sm90_schedule_for_rows, sm90_smem, smem,
-    CombineParams, DecodeParams, OutputParams, Sm90DecodeParams, Sm90Schedule, TensorMapBytes,
-    COMBINE_THREADS, COMBINE_WARPS, COMBINE_WARPS_PER_ROW, DECODE_THREADS, HEAD_DIM_K, HEAD_DIM_V,
-    PAGE_BLOCK_SIZE, SM90_THREADS, TILE_COLS,
+use flashmla_abi::decode_config::{
+    smem, COMBINE_THREADS, COMBINE_WARPS, COMBINE_WARPS_PER_ROW, DECODE_THREADS,
 };
+use flashmla_abi::params::{
+    combine_tasks_per_warp, CombineParams, DecodeParams, OutputParams, Sm90DecodeParams,
+    TensorMapBytes,
+};
+use flashmla_abi::sched::max_total_splits;
+use flashmla_abi::sm90_config::{
+    sm90_schedule_for_rows, sm90_smem, Sm90Schedule, SM90_THREADS, TILE_COLS,
+};
+use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};
 use std::sync::Arc;
 
 /// Options of one decode call.
@@ -39,7 +45,7 @@ pub enum DecodeKernel {
     Auto,
     /// The wgmma + TMA kernels: the seesaw schedule (`kernels/src/decode_sm90.rs`) above 64 query rows
     /// per KV head, the single-softmax schedule (`kernels/src/decode_sm90_single.rs`) up to 64
-    /// ([`flashmla_abi::sm90_schedule_for_rows`]); an error on devices without them.
+    /// ([`flashmla_abi::sm90_config::sm90_schedule_for_rows`]); an error on devices without them.
     Hopper,
     /// The `mma.sync` + `cp.async` kernel (`kernels/src/portable.rs`), any sm_80+ device.
     Portable,

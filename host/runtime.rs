@@ -236,11 +236,13 @@ impl FlashMla {
         let decode_f16 = function(k::SPLITKV_DECODE_F16)?;
         // The decode CTA needs more than the default 48 KiB of dynamic shared memory; devices that cannot
         // give it are refused at plan time (Error::SharedMemory), so only opt in where it fits.
-        if info.max_shared_memory_per_block_optin as usize >= flashmla_abi::smem::TOTAL {
+        if info.max_shared_memory_per_block_optin as usize
+            >= flashmla_abi::decode_config::smem::TOTAL
+        {
             for f in [&decode_bf16, &decode_f16] {
                 f.set_attribute(
                     sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    flashmla_abi::smem::TOTAL as i32,
+                    flashmla_abi::decode_config::smem::TOTAL as i32,
                 )
                 .map_err(Error::cuda("cuFuncSetAttribute"))?;
             }
@@ -264,7 +266,7 @@ impl FlashMla {
             ] {
                 f.set_attribute(
                     sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    flashmla_abi::sm90_smem::TOTAL as i32,
+                    flashmla_abi::sm90_config::sm90_smem::TOTAL as i32,
                 )
                 .map_err(Error::cuda("cuFuncSetAttribute"))?;
             }

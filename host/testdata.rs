@@ -15,7 +15,8 @@ use crate::rng::SplitMix64;
 use crate::tensor::{DType, Element, TensorView};
 use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use flashmla_abi::{fill_value, FillParams, FILL_THREADS, HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};
+use flashmla_abi::fill::{fill_value, FillParams, FILL_THREADS};
+use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};
 use std::sync::Arc;
 
 /// Block-table value FlashMLA's tests put past each sequence's last page.

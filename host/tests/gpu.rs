@@ -3,7 +3,7 @@
 mod harness;
 
 use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use flashmla::abi::{DecodingSchedMeta, SCHED_META_WORDS};
+use flashmla::abi::params::{DecodingSchedMeta, SCHED_META_WORDS};
 use flashmla::ptx::PtxArch;
 use flashmla::rng::SplitMix64;
 use flashmla::testdata::{

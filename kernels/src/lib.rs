@@ -30,9 +30,10 @@ pub mod hopper;
 pub mod portable;
 pub mod sched_meta;
 
+use flashmla_abi::fill::FillParams;
 #[cfg(flashmla_arch = "sm90a")]
-use flashmla_abi::Sm90DecodeParams;
-use flashmla_abi::{CombineParams, DecodeParams, FillParams};
+use flashmla_abi::params::Sm90DecodeParams;
+use flashmla_abi::params::{CombineParams, DecodeParams};
 
 /// bf16 split-KV decode. See [`portable::splitkv_decode`].
 ///
