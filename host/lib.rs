@@ -39,8 +39,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
+mod checks;
 mod decode;
 mod error;
+mod fill;
 mod launch;
 #[cfg(test)]
 mod proptests;

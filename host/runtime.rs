@@ -1,4 +1,9 @@
 //! [`FlashMla`]: a device, its CUDA context and flashmla's kernels loaded into it.
+//!
+//! This file opens the handle, loads the module and describes the device. The handle's other methods
+//! live with their concern: the ownership checks every call makes (stream, buffers, plan, device) in
+//! `checks.rs`, the scheduler metadata in `sched.rs`, plans and the decode in `decode/`, and the
+//! test-data fill kernel in `fill.rs`.
 
 use crate::ptx::{self, PtxArch, PtxModule};
 use crate::{Error, Result};
@@ -342,19 +347,7 @@ impl FlashMla {
             .collect()
     }
 
-    /// Checks that `stream` belongs to this handle's context.
-    pub(crate) fn check_stream(&self, stream: &CudaStream) -> Result<()> {
-        let ctx = stream.context();
-        if ctx.cu_ctx() != self.inner.ctx.cu_ctx() {
-            return Err(Error::WrongDevice {
-                name: "stream",
-                expected: self.inner.info.ordinal,
-                got: ctx.ordinal(),
-            });
-        }
-        Ok(())
-    }
-
+    /// Makes this handle's context current on the calling thread (before a launch).
     pub(crate) fn bind(&self) -> Result<()> {
         self.inner
             .ctx

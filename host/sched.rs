@@ -365,13 +365,7 @@ impl FlashMla {
     ) -> Result<()> {
         self.check_stream(stream)?;
         self.check_buffer("cache_seqlens", cache_seqlens.stream())?;
-        if metadata.cu_ctx != self.context().cu_ctx() as usize {
-            return Err(Error::WrongDevice {
-                name: "metadata",
-                expected: self.device_info().ordinal,
-                got: usize::MAX,
-            });
-        }
+        self.check_metadata("metadata", metadata)?;
         let b = metadata.shape.batch_size();
         if cache_seqlens.len() != b {
             return Err(Error::Shape {
@@ -469,17 +463,5 @@ impl FlashMla {
         };
         // SAFETY: the kernel takes one SchedMetaParams; the caller vouches for the pointers and stream.
         unsafe { launch::launch(function.cu_function(), stream, &config, &params) }
-    }
-
-    pub(crate) fn check_buffer(&self, name: &'static str, owner: &Arc<CudaStream>) -> Result<()> {
-        let ctx = owner.context();
-        if ctx.cu_ctx() != self.context().cu_ctx() {
-            return Err(Error::WrongDevice {
-                name,
-                expected: self.device_info().ordinal,
-                got: ctx.ordinal(),
-            });
-        }
-        Ok(())
     }
 }

@@ -9,13 +9,12 @@
 //!   deviation of 0.1 (`randn/10`); larger `a` gives sharp softmaxes.
 
 use crate::decode::{DecodeArgs, DecodeKernel, DecodeOptions, DecodePlan, OutputBuffers};
-use crate::launch::{self, LaunchConfig};
 use crate::reference::{attend_row, attended_keys};
 use crate::rng::SplitMix64;
 use crate::tensor::{DType, Element, TensorView};
 use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use flashmla_abi::fill::{fill_value, FillParams, FILL_THREADS};
+use flashmla_abi::fill::{fill_value, FillParams};
 use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};
 use std::sync::Arc;
 
@@ -391,35 +390,6 @@ impl FlashMla {
             block_table,
             cache_seqlens,
         })
-    }
-
-    /// Launches a fill kernel.
-    ///
-    /// # Safety
-    /// `params` must describe a live buffer of this context (and a valid page mask or 0).
-    pub(crate) unsafe fn fill_raw(
-        &self,
-        stream: sys::CUstream,
-        dtype: DType,
-        params: &FillParams,
-    ) -> Result<()> {
-        self.bind()?;
-        let f = match dtype {
-            DType::Bf16 => &self.inner.fill_bf16,
-            DType::F16 => &self.inner.fill_f16,
-        };
-        let pairs = params.rows * params.row_len as u64 / 2;
-        let blocks = pairs
-            .div_ceil(FILL_THREADS as u64)
-            .clamp(1, self.device_info().sm_count as u64 * 16) as u32;
-        let config = LaunchConfig {
-            grid: (blocks, 1, 1),
-            block: (FILL_THREADS, 1, 1),
-            dynamic_smem_bytes: 0,
-            programmatic_serialization: false,
-        };
-        // SAFETY: forwarded.
-        unsafe { launch::launch(f.cu_function(), stream, &config, params) }
     }
 }
 

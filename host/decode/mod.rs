@@ -296,18 +296,6 @@ impl FlashMla {
         }
     }
 
-    fn check_decode_device(&self) -> Result<()> {
-        let info = self.device_info();
-        if (info.max_shared_memory_per_block_optin as usize) < smem::TOTAL {
-            return Err(Error::SharedMemory {
-                needed: smem::TOTAL,
-                available: info.max_shared_memory_per_block_optin as usize,
-                device: info.name.clone(),
-            });
-        }
-        Ok(())
-    }
-
     /// Multi-head latent attention decode over a paged KV cache: FlashMLA's `flash_mla_with_kvcache`.
     ///
     /// Writes `out = softmax(scale · q·kᵀ) · v` and the natural-log `lse` for every query row; rows that
@@ -425,13 +413,7 @@ impl FlashMla {
 
     fn validate_decode(&self, plan: &DecodePlan, a: &RawDecodeArgs) -> Result<DecodeLaunch> {
         self.check_decode_device()?;
-        if plan.metadata.cu_ctx != self.context().cu_ctx() as usize {
-            return Err(Error::WrongDevice {
-                name: "plan",
-                expected: self.device_info().ordinal,
-                got: usize::MAX,
-            });
-        }
+        self.check_metadata("plan", &plan.metadata)?;
         validate(
             plan.shape(),
             plan.metadata.num_sm_parts(),
