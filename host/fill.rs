@@ -9,11 +9,17 @@ use cudarc::driver::sys;
 use flashmla_abi::fill::{FillParams, FILL_THREADS};
 
 impl FlashMla {
-    /// Launches a fill kernel.
+    /// Fills a buffer with reproducible test data on `stream`, with no host buffer and no copy: the
+    /// `rows × row_len` 16-bit values at `params.data` get
+    /// [`fill_value`](flashmla_abi::fill::fill_value)`(seed, index, amplitude)` rounded to `dtype`,
+    /// except rows past the valid rows of their page (the page mask `params.valid_rows`), which get NaN
+    /// (FlashMLA's tests put NaN in every unused KV-cache slot). The test and benchmark harness
+    /// (`flashmla-harness`) generates its cases with it and recomputes any element with `fill_value`
+    /// for the reference.
     ///
     /// # Safety
     /// `params` must describe a live buffer of this context (and a valid page mask or 0).
-    pub(crate) unsafe fn fill_raw(
+    pub unsafe fn fill_raw(
         &self,
         stream: sys::CUstream,
         dtype: DType,

@@ -117,15 +117,6 @@ pub fn driver_available() -> bool {
     }
 }
 
-/// Whether cuBLAS (only the benchmark's matmul ceiling uses it) can be loaded.
-pub(crate) fn cublas_available() -> bool {
-    if cfg!(windows) {
-        loadable(&["cublas64_13.dll", "cublas64_12.dll"])
-    } else {
-        loadable(&["libcublas.so", "libcublas.so.13", "libcublas.so.12"])
-    }
-}
-
 fn loadable(names: &[&str]) -> bool {
     names.iter().any(|name| {
         // SAFETY: loading an NVIDIA library runs only its own initialisers, as cudarc's loading of it

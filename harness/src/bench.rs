@@ -2,13 +2,16 @@
 //! and byte formulas, CUDA-event timing with an L2 flush before every run, and the two ceilings measured
 //! in the same run (device-to-device copy bandwidth and cuBLAS bf16 matmul rate).
 
-use crate::decode::{DecodeKernel, DecodeOptions, DecodePlan, OutputBuffers};
-use crate::tensor::{DType, Element};
+use crate::cuda;
 use crate::testdata::{CaseSpec, DeviceCase};
-use crate::{DecodeShape, Error, FlashMla, Result};
-use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
-use flashmla_abi::fill::FillParams;
-use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V};
+use flashmla::abi::fill::FillParams;
+use flashmla::abi::{HEAD_DIM_K, HEAD_DIM_V};
+use flashmla::cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
+use flashmla::half;
+use flashmla::{
+    DType, DecodeKernel, DecodeOptions, DecodePlan, DecodeShape, Element, Error, FlashMla,
+    OutputBuffers, Result,
+};
 use std::sync::Arc;
 
 /// FlashMLA measured on this project's H200 on 2026-11-30, for orientation only (absolute times on these
@@ -293,15 +296,15 @@ impl Bencher {
         let words = (fm.device_info().l2_cache_bytes as usize).max(1 << 20);
         let flush = stream
             .alloc_zeros::<u32>(words)
-            .map_err(Error::cuda("cuMemAlloc"))?;
+            .map_err(cuda("cuMemAlloc"))?;
         let ctx = fm.context();
         let events = (0..iters.max(1))
             .map(|_| {
                 Ok((
                     ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                        .map_err(Error::cuda("cuEventCreate"))?,
+                        .map_err(cuda("cuEventCreate"))?,
                     ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                        .map_err(Error::cuda("cuEventCreate"))?,
+                        .map_err(cuda("cuEventCreate"))?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -321,7 +324,7 @@ impl Bencher {
         // SAFETY: writes the flush buffer only.
         unsafe { sys::cuMemsetD32Async(ptr, 0x1234_5678, n, self.stream.cu_stream()) }
             .result()
-            .map_err(Error::cuda("cuMemsetD32Async"))
+            .map_err(cuda("cuMemsetD32Async"))
     }
 
     /// Median GPU time in µs of `work`, each repetition preceded by an L2 flush (outside the timed
@@ -339,23 +342,23 @@ impl Bencher {
             self.events[i]
                 .0
                 .record(&self.stream)
-                .map_err(Error::cuda("cuEventRecord"))?;
+                .map_err(cuda("cuEventRecord"))?;
             work()?;
             self.events[i]
                 .1
                 .record(&self.stream)
-                .map_err(Error::cuda("cuEventRecord"))?;
+                .map_err(cuda("cuEventRecord"))?;
         }
         self.stream
             .synchronize()
-            .map_err(Error::cuda("cuStreamSynchronize"))?;
+            .map_err(cuda("cuStreamSynchronize"))?;
         let mut times = self
             .events
             .iter()
             .map(|(a, b)| {
                 a.elapsed_ms(b)
                     .map(|ms| ms as f64 * 1e3)
-                    .map_err(Error::cuda("cuEventElapsedTime"))
+                    .map_err(cuda("cuEventElapsedTime"))
             })
             .collect::<Result<Vec<_>>>()?;
         let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -368,14 +371,14 @@ impl Bencher {
         let bytes = 2usize << 30;
         let src = stream
             .alloc_zeros::<u8>(bytes)
-            .map_err(Error::cuda("cuMemAlloc"))?;
+            .map_err(cuda("cuMemAlloc"))?;
         let mut dst = stream
             .alloc_zeros::<u8>(bytes)
-            .map_err(Error::cuda("cuMemAlloc"))?;
+            .map_err(cuda("cuMemAlloc"))?;
         let (copy_us, _) = self.time_us(2, || {
             stream
                 .memcpy_dtod(&src, &mut dst)
-                .map_err(Error::cuda("cuMemcpyDtoD"))
+                .map_err(cuda("cuMemcpyDtoD"))
         })?;
         let copy_gbps = 2.0 * bytes as f64 / copy_us / 1e3;
         drop((src, dst));
@@ -391,8 +394,8 @@ impl Bencher {
     }
 
     fn matmul_tflops(&mut self) -> Result<f64> {
-        use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
-        if !crate::runtime::cublas_available() {
+        use flashmla::cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
+        if !cublas_available() {
             return Err(Error::Cublas(
                 "libcublas could not be loaded (add the CUDA toolkit's lib64 to LD_LIBRARY_PATH)"
                     .into(),
@@ -402,13 +405,13 @@ impl Bencher {
         let stream = self.stream.clone();
         let mut a = stream
             .alloc_zeros::<half::bf16>(n * n)
-            .map_err(Error::cuda("cuMemAlloc"))?;
+            .map_err(cuda("cuMemAlloc"))?;
         let mut b = stream
             .alloc_zeros::<half::bf16>(n * n)
-            .map_err(Error::cuda("cuMemAlloc"))?;
+            .map_err(cuda("cuMemAlloc"))?;
         let mut c = stream
             .alloc_zeros::<half::bf16>(n * n)
-            .map_err(Error::cuda("cuMemAlloc"))?;
+            .map_err(cuda("cuMemAlloc"))?;
         for (buf, seed) in [(&mut a, 1u64), (&mut b, 2u64)] {
             let (ptr, _g) = buf.device_ptr_mut(&stream);
             // SAFETY: fills n·n bf16 values of a live buffer (random data: zeros run faster).
@@ -476,7 +479,7 @@ impl Bencher {
                 seed,
             )
         };
-        let case: DeviceCase<T> = fm.generate_case(&stream, &spec)?;
+        let case = DeviceCase::<T>::generate(&fm, &stream, &spec)?;
         let mut plan: DecodePlan = fm.plan_decode(&stream, dshape)?;
         fm.get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())?;
         let (b, s_q, h_q) = (shape.b, shape.s_q, shape.h_q);
@@ -523,6 +526,21 @@ impl BenchRow {
     pub fn compute_floor_us(&self, c: &Ceilings) -> Option<f64> {
         c.matmul_tflops.map(|t| self.flops() / (t * 1e6))
     }
+}
+
+/// Whether cuBLAS (only the matmul ceiling uses it) can be loaded. Checked by name, like
+/// [`flashmla::driver_available`], so a missing library is a note in the table, not a panic.
+fn cublas_available() -> bool {
+    let names: &[&str] = if cfg!(windows) {
+        &["cublas64_13.dll", "cublas64_12.dll"]
+    } else {
+        &["libcublas.so", "libcublas.so.13", "libcublas.so.12"]
+    };
+    names.iter().any(|name| {
+        // SAFETY: loading an NVIDIA library runs only its own initialisers, as cudarc's loading of it
+        // would; the handle is closed again when dropped.
+        unsafe { libloading::Library::new(*name) }.is_ok()
+    })
 }
 
 /// One measured shape.

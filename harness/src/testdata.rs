@@ -8,14 +8,16 @@
 //! * q and k are uniform in `[-a, a]`, rounded to the dtype; `a = √3/10` gives FlashMLA's standard
 //!   deviation of 0.1 (`randn/10`); larger `a` gives sharp softmaxes.
 
-use crate::decode::{DecodeArgs, DecodeKernel, DecodeOptions, DecodePlan, OutputBuffers};
+use crate::cuda;
 use crate::reference::{attend_row, attended_keys};
 use crate::rng::SplitMix64;
-use crate::tensor::{DType, Element, TensorView};
-use crate::{DecodeShape, Error, FlashMla, Result};
-use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use flashmla_abi::fill::{fill_value, FillParams};
-use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};
+use flashmla::abi::fill::{fill_value, FillParams};
+use flashmla::abi::{HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};
+use flashmla::cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use flashmla::{
+    half, DType, DecodeArgs, DecodeKernel, DecodeOptions, DecodePlan, DecodeShape, Element, Error,
+    FlashMla, OutputBuffers, Result, TensorView,
+};
 use std::sync::Arc;
 
 /// Block-table value FlashMLA's tests put past each sequence's last page.
@@ -299,16 +301,10 @@ impl<T: Element> DeviceCase<T> {
             kernel: self.layout.spec.kernel,
         }
     }
-}
 
-impl FlashMla {
-    /// Generates `spec` on the device (q, the KV cache with NaN in unused slots, the block table, the
-    /// lengths). The lengths and table are drawn on the host; the tensors are filled by a kernel.
-    pub fn generate_case<T: Element>(
-        &self,
-        stream: &Arc<CudaStream>,
-        spec: &CaseSpec,
-    ) -> Result<DeviceCase<T>> {
+    /// Generates `spec` on `fm`'s device (q, the KV cache with NaN in unused slots, the block table,
+    /// the lengths). The lengths and table are drawn on the host; the tensors are filled by a kernel.
+    pub fn generate(fm: &FlashMla, stream: &Arc<CudaStream>, spec: &CaseSpec) -> Result<Self> {
         if T::DTYPE != spec.dtype {
             return Err(Error::DTypeMismatch {
                 name: "case spec",
@@ -330,7 +326,6 @@ impl FlashMla {
         }
         let layout = CaseLayout::generate(spec);
         let s = &spec.shape;
-        let cuda = Error::cuda;
         let q_len = s.batch_size() * s.seqlen_q() * s.num_heads_q() * HEAD_DIM_K;
         let k_len = layout.num_blocks * PAGE_BLOCK_SIZE * s.num_heads_kv() * HEAD_DIM_K;
         // SAFETY: plain data, filled below before any use.
@@ -353,7 +348,7 @@ impl FlashMla {
             let (v_ptr, _g2) = valid.device_ptr(stream);
             // SAFETY: buffers sized rows × 576 above; the mask has one entry per page.
             unsafe {
-                self.fill_raw(
+                fm.fill_raw(
                     stream.cu_stream(),
                     spec.dtype,
                     &FillParams {
@@ -367,7 +362,7 @@ impl FlashMla {
                         amplitude: spec.amplitude,
                     },
                 )?;
-                self.fill_raw(
+                fm.fill_raw(
                     stream.cu_stream(),
                     spec.dtype,
                     &FillParams {
@@ -537,7 +532,6 @@ pub fn check_case<T: Element>(
     let layout = &case.layout;
     let s = layout.spec.shape;
     let (b, s_q, h_q) = (s.batch_size(), s.seqlen_q(), s.num_heads_q());
-    let cuda = Error::cuda;
     let mut buffers = OutputBuffers::<T>::alloc(stream, [b, s_q, h_q])?;
     {
         let (n_out, n_lse) = (buffers.out.len(), buffers.lse.len());
@@ -899,14 +893,14 @@ pub fn run_case(
         DType::Bf16 => check_case(
             fm,
             stream,
-            &fm.generate_case::<half::bf16>(stream, spec)?,
+            &DeviceCase::<half::bf16>::generate(fm, stream, spec)?,
             &mut plan,
             row_budget,
         ),
         DType::F16 => check_case(
             fm,
             stream,
-            &fm.generate_case::<half::f16>(stream, spec)?,
+            &DeviceCase::<half::f16>::generate(fm, stream, spec)?,
             &mut plan,
             row_budget,
         ),
