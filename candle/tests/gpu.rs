@@ -11,9 +11,10 @@ use flashmla::{get_mla_metadata_cpu, DType, DecodeKernel, DecodeShape, Element, 
 use flashmla_candle::{
     flash_mla_with_kvcache, flash_mla_with_kvcache_options, get_mla_metadata, DecodeOptions,
 };
+use flashmla_harness::case::{CaseSpec, DeviceCase};
+use flashmla_harness::check::check_outputs;
 use flashmla_harness::rng::SplitMix64;
 use flashmla_harness::runner::{self, check, Fail, Outcome, Skip};
-use flashmla_harness::testdata::{check_outputs, CaseSpec, DeviceCase};
 
 /// Device 0 as candle and flashmla see it, or the reason the case is skipped.
 fn device() -> Result<(Device, FlashMla), Outcome> {

@@ -6,7 +6,7 @@ use flashmla::cudarc::driver::sys::CUevent_flags;
 use flashmla::half::bf16;
 use flashmla::{DType, DecodeShape, FlashMla, OutputBuffers};
 use flashmla_harness::bench::{flashmla_bytes, flashmla_flops};
-use flashmla_harness::testdata::{CaseSpec, DeviceCase};
+use flashmla_harness::case::{CaseSpec, DeviceCase};
 use std::time::Duration;
 
 /// (b, s_q, mean s_k, h_q, varlen): memory-bound, compute-bound, MTP, varlen, small batch.

@@ -1,9 +1,11 @@
-//! Benchmark procedure shared by `flashmla bench` and the criterion benches: FlashMLA's grid, its FLOP
-//! and byte formulas, CUDA-event timing with an L2 flush before every run, and the two ceilings measured
-//! in the same run (device-to-device copy bandwidth and cuBLAS bf16 matmul rate).
+//! Benchmark procedure shared by `flashmla bench` and the criterion benches: FlashMLA's FLOP and byte
+//! formulas, CUDA-event timing with an L2 flush before every run, the two ceilings measured in the same
+//! run (device-to-device copy bandwidth and cuBLAS bf16 matmul rate), and FlashMLA's times measured
+//! side by side. The shapes it times are [`shapes::flashmla_grid`](crate::shapes::flashmla_grid).
 
+use crate::case::{CaseSpec, DeviceCase};
 use crate::cuda;
-use crate::testdata::{CaseSpec, DeviceCase};
+use crate::shapes::{BenchShape, ShapeKey};
 use flashmla::abi::fill::FillParams;
 use flashmla::abi::{HEAD_DIM_K, HEAD_DIM_V};
 use flashmla::cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
@@ -13,123 +15,6 @@ use flashmla::{
     OutputBuffers, Result,
 };
 use std::sync::Arc;
-
-/// FlashMLA measured on this project's H200 on 2026-11-30, for orientation only (absolute times on these
-/// GPUs move by ~15% with thermal and power state): both upstream versions built with the CUTLASS commit
-/// each pins (9edee0c, the v1 "seesaw" kernel; b31bfe7, the original kernel FlashMLA recommends for
-/// memory-bound shapes), `triton.testing.do_bench` median over split + combine with an L2 flush, causal,
-/// bf16, h_kv = 1, FlashMLA's own varlen lengths ([`FLASHMLA_GRID_SEQLENS`]). Columns: `b, s_q, s_k, h_q,
-/// varlen, total_seqlen_k, flashmla_9edee0c_us, flashmla_b31bfe7_us, best_us, best_tflops, best_gbps`.
-/// A speed claim against FlashMLA needs FlashMLA timed in the same run: see [`FlashMlaTimes`].
-pub const FLASHMLA_H200: &str = include_str!("../benches/flashmla_h200.csv");
-
-/// FlashMLA's varlen KV lengths for its benchmark grid (`random.seed(0)`, then
-/// `max(int(normalvariate(s_k, s_k / 2)), s_q)` per request, as in its `tests/test_flash_mla.py`), one
-/// line `b s_q s_k: len_0 … len_{b-1}` per (b, s_q, s_k). The benchmark's varlen shapes use these, so
-/// both sides are timed on the same Σs_k.
-pub const FLASHMLA_GRID_SEQLENS: &str = include_str!("../benches/flashmla_grid_seqlens.txt");
-
-/// FlashMLA's times for one shape from the 2026-11-30 reference run ([`FLASHMLA_H200`]), µs.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FlashMlaReference {
-    /// Σ s_k of the lengths FlashMLA was timed on.
-    pub total_seqlen_k: usize,
-    /// FlashMLA 9edee0c (v1 kernel).
-    pub v1_us: f64,
-    /// FlashMLA b31bfe7 (original kernel).
-    pub v0_us: f64,
-    /// The better of the two: the bar.
-    pub best_us: f64,
-}
-
-/// One benchmark shape (FlashMLA's test grid uses causal, h_kv = 1, bf16).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BenchShape {
-    /// Batch.
-    pub b: usize,
-    /// Query tokens per request.
-    pub s_q: usize,
-    /// Mean KV length.
-    pub s_k: usize,
-    /// Query heads.
-    pub h_q: usize,
-    /// KV heads.
-    pub h_kv: usize,
-    /// Varlen lengths.
-    pub varlen: bool,
-    /// Causal.
-    pub causal: bool,
-    /// FlashMLA's times in the 2026-11-30 reference run, for this exact configuration (None for shapes
-    /// or settings it was not timed on).
-    pub reference: Option<FlashMlaReference>,
-}
-
-impl BenchShape {
-    /// The shape's (b, s_q, s_k, h_q, varlen) key, as in FlashMLA's CSV files.
-    pub fn key(&self) -> ShapeKey {
-        (self.b, self.s_q, self.s_k, self.h_q, self.varlen)
-    }
-
-    /// The KV lengths to benchmark: FlashMLA's own for its varlen grid shapes, `s_k` for fixed-length
-    /// shapes, `None` (drawn by the case generator) for varlen shapes FlashMLA's grid lacks.
-    pub fn seqlens(&self) -> Option<Vec<i32>> {
-        if !self.varlen {
-            return Some(vec![self.s_k as i32; self.b]);
-        }
-        flashmla_grid_seqlens(self.b, self.s_q, self.s_k)
-    }
-}
-
-/// FlashMLA's varlen lengths for (b, s_q, s_k) from [`FLASHMLA_GRID_SEQLENS`], if listed.
-pub fn flashmla_grid_seqlens(b: usize, s_q: usize, s_k: usize) -> Option<Vec<i32>> {
-    FLASHMLA_GRID_SEQLENS
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (head, lens) = line.split_once(':')?;
-            let key: Vec<usize> = head
-                .split_whitespace()
-                .map(|v| v.parse().ok())
-                .collect::<Option<_>>()?;
-            if key != [b, s_q, s_k] {
-                return None;
-            }
-            let lens: Vec<i32> = lens
-                .split_whitespace()
-                .map(|v| v.parse().ok())
-                .collect::<Option<_>>()?;
-            (lens.len() == b).then_some(lens)
-        })
-}
-
-/// The shapes of [`FLASHMLA_H200`]: FlashMLA's grid (b = 128, s_q ∈ {1, 2}, s_k ∈ {4096, 8192, 16384},
-/// h_q ∈ {16, 32, 64, 128}, varlen off/on) and five small or skewed batches.
-pub fn flashmla_grid() -> Vec<BenchShape> {
-    FLASHMLA_H200
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(',').collect();
-            let n = |i: usize| f.get(i).and_then(|v| v.trim().parse::<usize>().ok());
-            let x = |i: usize| f.get(i).and_then(|v| v.trim().parse::<f64>().ok());
-            Some(BenchShape {
-                b: n(0)?,
-                s_q: n(1)?,
-                s_k: n(2)?,
-                h_q: n(3)?,
-                h_kv: 1,
-                varlen: n(4)? == 1,
-                causal: true,
-                reference: Some(FlashMlaReference {
-                    total_seqlen_k: n(5)?,
-                    v1_us: x(6)?,
-                    v0_us: x(7)?,
-                    best_us: x(8)?,
-                }),
-            })
-        })
-        .collect()
-}
 
 /// FlashMLA's times measured in the same run as ours, from the CSV files that
 /// `shared/tools/flashmla-anchor/time_flashmla.py` prints (`b,s_q,s_k,h_q,varlen,total_seqlen_k,us`),
@@ -149,9 +34,6 @@ struct FlashMlaTime {
     /// The file it came from.
     origin: String,
 }
-
-/// (b, s_q, s_k, h_q, varlen).
-pub type ShapeKey = (usize, usize, usize, usize, bool);
 
 impl FlashMlaTimes {
     /// Adds one CSV file's rows (`origin` names it in errors and in the table).
@@ -563,38 +445,10 @@ pub struct BenchRow {
     /// GB/s by FlashMLA's formula.
     pub gbps: f64,
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grid_has_flashmla_reference_for_every_shape() {
-        let grid = flashmla_grid();
-        assert_eq!(grid.len(), 53);
-        assert_eq!(grid.iter().filter(|s| s.b == 128).count(), 48);
-        for s in &grid {
-            let r = s.reference.expect("every grid row has FlashMLA's times");
-            assert_eq!(r.best_us, r.v1_us.min(r.v0_us), "{s:?}");
-        }
-    }
-
-    #[test]
-    fn varlen_shapes_use_flashmla_lengths() {
-        for s in flashmla_grid() {
-            let lens = s.seqlens();
-            let total: usize = lens
-                .as_ref()
-                .expect("every grid shape has fixed or FlashMLA lengths")
-                .iter()
-                .map(|&l| l as usize)
-                .sum();
-            // The same Σs_k FlashMLA was timed on, varlen or not.
-            assert_eq!(total, s.reference.unwrap().total_seqlen_k, "{s:?}");
-            assert!(lens.unwrap().iter().all(|&l| l >= s.s_q as i32));
-        }
-        assert_eq!(flashmla_grid_seqlens(128, 1, 5000), None);
-    }
+    use crate::shapes::flashmla_grid;
 
     #[test]
     fn flashmla_times_take_the_best_and_check_lengths() {

@@ -8,12 +8,11 @@ use flashmla::{
     get_mla_metadata_cpu, DType, DecodeArgs, DecodeKernel, DecodeOptions, DecodeOutputs,
     DecodePlan, DecodeShape, Error, FlashMla, OutputBuffers, TensorView, TensorViewMut,
 };
+use flashmla_harness::case::{CaseSpec, DeviceCase};
+use flashmla_harness::check::{run_case, DEFAULT_ROW_BUDGET};
 use flashmla_harness::rng::SplitMix64;
 use flashmla_harness::runner::{self, check, Fail, Outcome, Skip};
-use flashmla_harness::testdata::{
-    corner_cases, flashmla_sweep, head_grid_sample, run_case, CaseSpec, DeviceCase,
-    DEFAULT_ROW_BUDGET,
-};
+use flashmla_harness::shapes::{corner_cases, flashmla_sweep, head_grid_sample};
 use std::sync::Arc;
 
 /// The device under test, or the reason the case is skipped.

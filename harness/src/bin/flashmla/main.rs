@@ -10,9 +10,10 @@ use args::{
 };
 use flashmla::ptx::PtxArch;
 use flashmla::{DType, DecodeShape, Error, FlashMla, Result};
-use flashmla_harness::bench::{flashmla_grid, BenchRow, BenchShape, Bencher, FlashMlaTimes};
-use flashmla_harness::testdata::{
-    corner_cases, flashmla_sweep, head_grid_sample, run_case, DEFAULT_ROW_BUDGET,
+use flashmla_harness::bench::{BenchRow, Bencher, FlashMlaTimes};
+use flashmla_harness::check::{run_case, DEFAULT_ROW_BUDGET};
+use flashmla_harness::shapes::{
+    corner_cases, flashmla_grid, flashmla_sweep, head_grid_sample, BenchShape,
 };
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
