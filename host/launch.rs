@@ -4,7 +4,7 @@
 
 use crate::{Error, Result};
 use cudarc::driver::sys;
-use flashmla_abi::DeviceRecord;
+use flashmla_abi::params::DeviceRecord;
 use std::ffi::c_void;
 
 /// Grid, block, dynamic shared memory and launch attributes of one launch.

@@ -18,9 +18,9 @@
 //! input is a typed [`Error`] before anything is launched; a cudarc `DriverError` converts into it with
 //! `?`. Use the re-exported [`cudarc`] and [`half`] for the buffers you pass, so the versions match.
 //! `examples/decode.rs` is a complete program; `candle/` (the `flashmla-candle` crate) offers the same two
-//! calls on candle tensors. [`reference`](mod@reference) is an `f64` CPU reference of the
-//! same semantics; [`testdata`] builds FlashMLA-style test cases on the GPU and checks them against it;
-//! [`bench`](mod@bench) is the benchmark procedure behind `flashmla bench`.
+//! calls on candle tensors. The test and benchmark harness (FlashMLA-style test cases, the `f64` CPU
+//! reference they are checked against, the benchmark procedure and the `flashmla` CLI) is the
+//! repository's `flashmla-harness` crate (`harness/`), which this library does not depend on.
 //!
 //! ```no_run
 //! use flashmla::{DecodeShape, FlashMla};
@@ -38,19 +38,17 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod bench;
+mod checks;
 mod decode;
 mod error;
+mod fill;
 mod launch;
 #[cfg(test)]
 mod proptests;
 pub mod ptx;
-pub mod reference;
-pub mod rng;
 mod runtime;
 mod sched;
 mod tensor;
-pub mod testdata;
 
 /// The `cudarc` this crate is built against: use it (`flashmla::cudarc`) for the device buffers and
 /// streams you pass, so the versions match.

@@ -6,9 +6,9 @@
 use crate::decode::{validate, DecodeKernel, DecodeOptions, RawDecodeArgs};
 use crate::tensor::DType;
 use crate::{get_mla_metadata_cpu, DecodeShape, Error};
-use flashmla_abi::{
-    max_total_splits, part_range, HEAD_DIM_K, HEAD_DIM_V, MAX_SCHED_BATCH, PAGE_BLOCK_SIZE,
-};
+use flashmla_abi::params::combine_tasks_per_warp;
+use flashmla_abi::sched::{max_total_splits, part_range};
+use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V, MAX_SCHED_BATCH, PAGE_BLOCK_SIZE};
 use proptest::prelude::*;
 
 /// Runs `property` on `cases` inputs drawn from `strategy` (on a thread with the stack that nested
@@ -247,8 +247,7 @@ fn kernels_can_run(c: &Call) -> bool {
             .all(|(&d, &s)| d <= 1 || s as u128 <= i64::MAX as u128)
     };
     let rows = s_q * (h_q / h_kv);
-    let combine_ctas =
-        (h_kv * rows * 4).div_ceil(8 * flashmla_abi::combine_tasks_per_warp(b * h_kv * rows * 4));
+    let combine_ctas = (h_kv * rows * 4).div_ceil(8 * combine_tasks_per_warp(b * h_kv * rows * 4));
     let table_tokens = bt.1[1] as u128 * 64;
     q.1 == [b, s_q, h_q, HEAD_DIM_K]
         && k.1[1] == PAGE_BLOCK_SIZE

@@ -90,9 +90,9 @@ pub fn module(arch: PtxArch) -> &'static PtxModule {
 pub mod kernel {
     /// `kernels/src/sched_meta.rs`.
     pub const GET_DECODING_SCHED_META: &str = "flashmla_get_decoding_sched_meta";
-    /// `kernels/src/decode.rs`, bf16.
+    /// `kernels/src/portable.rs`, bf16.
     pub const SPLITKV_DECODE_BF16: &str = "flashmla_splitkv_decode_bf16";
-    /// `kernels/src/decode.rs`, fp16.
+    /// `kernels/src/portable.rs`, fp16.
     pub const SPLITKV_DECODE_F16: &str = "flashmla_splitkv_decode_f16";
     /// `kernels/src/decode_sm90.rs` (seesaw schedule), bf16 (sm_90a module only).
     pub const SPLITKV_DECODE_SM90_BF16: &str = "flashmla_splitkv_decode_sm90_bf16";

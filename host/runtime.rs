@@ -1,4 +1,9 @@
 //! [`FlashMla`]: a device, its CUDA context and flashmla's kernels loaded into it.
+//!
+//! This file opens the handle, loads the module and describes the device. The handle's other methods
+//! live with their concern: the ownership checks every call makes (stream, buffers, plan, device) in
+//! `checks.rs`, the scheduler metadata in `sched.rs`, plans and the decode in `decode/`, and the
+//! test-data fill kernel in `fill.rs`.
 
 use crate::ptx::{self, PtxArch, PtxModule};
 use crate::{Error, Result};
@@ -109,15 +114,6 @@ pub fn driver_available() -> bool {
         loadable(&["nvcuda.dll"])
     } else {
         loadable(&["libcuda.so.1", "libcuda.so"])
-    }
-}
-
-/// Whether cuBLAS (only the benchmark's matmul ceiling uses it) can be loaded.
-pub(crate) fn cublas_available() -> bool {
-    if cfg!(windows) {
-        loadable(&["cublas64_13.dll", "cublas64_12.dll"])
-    } else {
-        loadable(&["libcublas.so", "libcublas.so.13", "libcublas.so.12"])
     }
 }
 
@@ -236,11 +232,13 @@ impl FlashMla {
         let decode_f16 = function(k::SPLITKV_DECODE_F16)?;
         // The decode CTA needs more than the default 48 KiB of dynamic shared memory; devices that cannot
         // give it are refused at plan time (Error::SharedMemory), so only opt in where it fits.
-        if info.max_shared_memory_per_block_optin as usize >= flashmla_abi::smem::TOTAL {
+        if info.max_shared_memory_per_block_optin as usize
+            >= flashmla_abi::decode_config::smem::TOTAL
+        {
             for f in [&decode_bf16, &decode_f16] {
                 f.set_attribute(
                     sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    flashmla_abi::smem::TOTAL as i32,
+                    flashmla_abi::decode_config::smem::TOTAL as i32,
                 )
                 .map_err(Error::cuda("cuFuncSetAttribute"))?;
             }
@@ -264,7 +262,7 @@ impl FlashMla {
             ] {
                 f.set_attribute(
                     sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    flashmla_abi::sm90_smem::TOTAL as i32,
+                    flashmla_abi::sm90_config::sm90_smem::TOTAL as i32,
                 )
                 .map_err(Error::cuda("cuFuncSetAttribute"))?;
             }
@@ -340,19 +338,7 @@ impl FlashMla {
             .collect()
     }
 
-    /// Checks that `stream` belongs to this handle's context.
-    pub(crate) fn check_stream(&self, stream: &CudaStream) -> Result<()> {
-        let ctx = stream.context();
-        if ctx.cu_ctx() != self.inner.ctx.cu_ctx() {
-            return Err(Error::WrongDevice {
-                name: "stream",
-                expected: self.inner.info.ordinal,
-                got: ctx.ordinal(),
-            });
-        }
-        Ok(())
-    }
-
+    /// Makes this handle's context current on the calling thread (before a launch).
     pub(crate) fn bind(&self) -> Result<()> {
         self.inner
             .ctx

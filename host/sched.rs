@@ -1,13 +1,12 @@
 //! Tile-scheduler metadata: FlashMLA's `get_mla_metadata`, on the GPU (graph-capturable, no host sync)
-//! and on the CPU (same Rust source, `flashmla_abi::schedule`).
+//! and on the CPU (same Rust source, `flashmla_abi::sched::schedule`).
 
 use crate::launch::{self, LaunchConfig};
 use crate::{Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut};
-use flashmla_abi::{
-    self as abi, sched_request_cost, DecodingSchedMeta, SchedMetaParams, MAX_SCHED_BATCH,
-    SCHED_META_THREADS, SCHED_META_WORDS,
-};
+use flashmla_abi::params::{DecodingSchedMeta, SchedMetaParams, SCHED_META_WORDS};
+use flashmla_abi::sched::{self, sched_request_cost};
+use flashmla_abi::{sched_meta_smem_bytes, BLOCK_SIZE_M, MAX_SCHED_BATCH, SCHED_META_THREADS};
 use std::sync::Arc;
 
 /// Shape of one decode batch, as far as scheduling and the kernels' grid are concerned.
@@ -156,7 +155,7 @@ impl DecodeShape {
 
     /// 64-row query tiles per KV head.
     pub fn num_m_blocks(&self) -> usize {
-        self.q_seq_per_hk().div_ceil(abi::BLOCK_SIZE_M)
+        self.q_seq_per_hk().div_ceil(BLOCK_SIZE_M)
     }
 
     /// The number of SM parts for a device with `num_sms` multiprocessors (≥ 1): the one set by
@@ -165,7 +164,7 @@ impl DecodeShape {
         if let Some(parts) = self.sm_parts {
             return parts as usize;
         }
-        abi::num_sm_parts(
+        sched::num_sm_parts(
             num_sms,
             self.num_heads_kv as u32,
             self.q_seq_per_hk() as u32,
@@ -236,7 +235,7 @@ pub fn get_mla_metadata_cpu(cache_seqlens: &[i32], num_sm_parts: usize) -> Resul
         tile_scheduler_metadata: vec![DecodingSchedMeta::default(); num_sm_parts],
         num_splits: vec![0; b + 1],
     };
-    let complete = abi::schedule(
+    let complete = sched::schedule(
         b,
         num_sm_parts,
         |i| cache_seqlens[i],
@@ -366,13 +365,7 @@ impl FlashMla {
     ) -> Result<()> {
         self.check_stream(stream)?;
         self.check_buffer("cache_seqlens", cache_seqlens.stream())?;
-        if metadata.cu_ctx != self.context().cu_ctx() as usize {
-            return Err(Error::WrongDevice {
-                name: "metadata",
-                expected: self.device_info().ordinal,
-                got: usize::MAX,
-            });
-        }
+        self.check_metadata("metadata", metadata)?;
         let b = metadata.shape.batch_size();
         if cache_seqlens.len() != b {
             return Err(Error::Shape {
@@ -445,7 +438,7 @@ impl FlashMla {
             });
         }
         self.bind()?;
-        let smem = abi::sched_meta_smem_bytes(batch_size, num_sm_parts);
+        let smem = sched_meta_smem_bytes(batch_size, num_sm_parts);
         let function = &self.inner.sched_meta;
         if smem > 48 * 1024 {
             function
@@ -470,17 +463,5 @@ impl FlashMla {
         };
         // SAFETY: the kernel takes one SchedMetaParams; the caller vouches for the pointers and stream.
         unsafe { launch::launch(function.cu_function(), stream, &config, &params) }
-    }
-
-    pub(crate) fn check_buffer(&self, name: &'static str, owner: &Arc<CudaStream>) -> Result<()> {
-        let ctx = owner.context();
-        if ctx.cu_ctx() != self.context().cu_ctx() {
-            return Err(Error::WrongDevice {
-                name,
-                expected: self.device_info().ordinal,
-                got: ctx.ordinal(),
-            });
-        }
-        Ok(())
     }
 }

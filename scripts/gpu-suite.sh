@@ -32,19 +32,21 @@ mkdir -p "$stage/tests" "$stage/benches" "$stage/bin" "$stage/examples"
 executables() { grep -o '"executable":"[^"]*/deps/[^"]*"' | sed 's/"executable":"\(.*\)"/\1/'; }
 copy_stripped() { # path dest_dir
   local name; name=$(basename "$1" | sed 's/-[0-9a-f]\{16\}$//')
-  # The library's and the CLI's unit tests are both called `flashmla`: keep both.
+  # The library's and the CLI's unit tests (flashmla-harness's `flashmla` binary) are both called
+  # `flashmla`: keep both.
   [ -e "$2/$name" ] && name="$name-$(basename "$1" | sed 's/.*-//')"
   cp "$1" "$2/$name"
   strip "$2/$name" 2>/dev/null || true
 }
 
 target_dir=$(cargo metadata --format-version 1 --no-deps --locked | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-cargo build --release --locked --bin flashmla --examples
+cargo build --release --locked -p flashmla-harness --bin flashmla
+cargo build --release --locked -p flashmla --examples
 copy_stripped "$target_dir/release/flashmla" "$stage/bin"
 copy_stripped "$target_dir/release/examples/decode" "$stage/examples"
 cargo test --release --locked --workspace --no-run --message-format=json-render-diagnostics | executables \
   | while read -r exe; do copy_stripped "$exe" "$stage/tests"; done
-cargo bench --locked --no-run --message-format=json-render-diagnostics | executables \
+cargo bench --locked -p flashmla-harness --no-run --message-format=json-render-diagnostics | executables \
   | while read -r exe; do copy_stripped "$exe" "$stage/benches"; done
 if [ "$candle" = 1 ]; then
   scripts/candle.sh --bundle "$PWD/$stage"

@@ -3,11 +3,15 @@
 # package), then a new project that depends on the packaged `flashmla` alone, with the README's example
 # (examples/decode.rs) as its main, built with only the stable toolchain visible: its own cargo and
 # rustc, no rustup proxy on PATH (so no other toolchain can be reached, even by name). The library's
-# dependency tree must not contain clap.
+# dependency tree must contain neither clap nor the workspace's test and benchmark harness.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if cargo tree -p flashmla -e normal,build --locked --prefix none | grep -q '^clap '; then
+tree=$(cargo tree -p flashmla -e normal,build --locked --prefix none)
+if grep -q '^clap ' <<<"$tree"; then
   echo "package-check: the library depends on clap" >&2; exit 1
+fi
+if grep -q '^flashmla-harness ' <<<"$tree"; then
+  echo "package-check: the library depends on flashmla-harness (harness/ is for the tests, benches and CLI)" >&2; exit 1
 fi
 cargo package --locked -p flashmla-abi -p flashmla
 target_dir=$(cargo metadata --format-version 1 --no-deps --locked | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')

@@ -30,7 +30,7 @@ no_record_help() {
 # the build script's OUT_DIR, which holds both modules and FINGERPRINT.generated.
 build() {
   local json out
-  json=$(FLASHMLA_BUILD_KERNELS=1 cargo build --lib --locked --message-format=json-render-diagnostics) \
+  json=$(FLASHMLA_BUILD_KERNELS=1 cargo build -p flashmla --lib --locked --message-format=json-render-diagnostics) \
     || die "the kernel build failed (see above)"
   out=$(printf '%s\n' "$json" | grep '"reason":"build-script-executed"' | grep '#flashmla@' \
         | sed -n 's/.*"out_dir":"\([^"]*\)".*/\1/p' | tail -n 1)

@@ -2,21 +2,19 @@
 //! reference (FlashMLA's tolerances, fresh random inputs with NaN in every unused KV slot), strided
 //! candle views, the scheduler against the CPU one, and the refusals. Every case is skipped, not passed,
 //! where there is no usable GPU, and fails then under `FLASHMLA_REQUIRE_GPU=1`.
-#[path = "../../host/tests/harness/mod.rs"]
-mod harness;
-
 use candle_core::cuda::CudaDType;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType as CandleDType, Device, Storage, Tensor};
 use flashmla::cudarc::driver::CudaSlice;
 use flashmla::half::{bf16, f16};
-use flashmla::rng::SplitMix64;
-use flashmla::testdata::{check_outputs, CaseSpec};
 use flashmla::{get_mla_metadata_cpu, DType, DecodeKernel, DecodeShape, Element, FlashMla};
 use flashmla_candle::{
     flash_mla_with_kvcache, flash_mla_with_kvcache_options, get_mla_metadata, DecodeOptions,
 };
-use harness::{check, Fail, Outcome, Skip};
+use flashmla_harness::case::{CaseSpec, DeviceCase};
+use flashmla_harness::check::check_outputs;
+use flashmla_harness::rng::SplitMix64;
+use flashmla_harness::runner::{self, check, Fail, Outcome, Skip};
 
 /// Device 0 as candle and flashmla see it, or the reason the case is skipped.
 fn device() -> Result<(Device, FlashMla), Outcome> {
@@ -97,7 +95,7 @@ fn decode_case<T: Element + CudaDType + candle_core::WithDType>(
     let cuda = device.as_cuda_device().map_err(text)?;
     let stream = cuda.cuda_stream();
     let fm = FlashMla::with_context(stream.context().clone()).map_err(text)?;
-    let case = fm.generate_case::<T>(&stream, spec).map_err(text)?;
+    let case = DeviceCase::<T>::generate(&fm, &stream, spec).map_err(text)?;
     let layout = case.layout.clone();
     let s = spec.shape;
     let (b, s_q, h_q, h_kv) = (
@@ -394,9 +392,9 @@ gpu_case!(candle_rejects_bad_inputs_with_errors, |device| {
 });
 
 fn main() {
-    harness::run(
+    runner::run(
         "candle-gpu",
-        harness::cases![
+        flashmla_harness::cases![
             candle_rejects_bad_inputs_with_errors,
             candle_metadata_matches_cpu_scheduler,
             candle_decode_bf16_matches_f64_reference,

@@ -2,7 +2,7 @@
 //!
 //! Anything that synchronises threads (barriers, warp shuffles, warp syncs) goes through an LLVM
 //! intrinsic, never inline `asm!`: LLVM does not treat inline asm as `convergent` and may duplicate it
-//! into divergent branches, which hangs the kernel (toolchain.md, pitfall 1).
+//! into divergent branches, which hangs the kernel (kernels/PITFALLS.md, pitfall 1).
 
 use core::arch::nvptx;
 
@@ -208,7 +208,8 @@ pub unsafe fn warp_sum_i64(mut value: i64) -> i64 {
     value
 }
 
-/// The CTA's dynamic shared memory (`.extern .shared`), sized at launch.
+/// The CTA's dynamic shared memory (`.extern .shared`), sized at launch (not a `.shared` link
+/// section: kernels/PITFALLS.md, pitfall 2).
 #[inline(always)]
 pub fn dynamic_smem<T>() -> *mut T {
     core::intrinsics::gpu::gpu_launch_sized_workgroup_mem::<T>()
@@ -421,7 +422,8 @@ element!(
 );
 
 /// Expands `$body` once per listed value with `$i` bound as a `const usize`, so register arrays are only
-/// ever indexed by constants (a run-time index would move them to local memory).
+/// ever indexed by constants (a run-time index would move them to local memory: kernels/PITFALLS.md,
+/// pitfall 4).
 #[macro_export]
 macro_rules! unroll {
     ($i:ident in [$($n:literal),* $(,)?] $body:block) => {

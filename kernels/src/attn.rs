@@ -4,9 +4,9 @@
 //! forms of the epilogue.
 
 use crate::arch;
-use flashmla_abi::{
-    part_range, sched_num_blocks, DecodeParams, DecodingSchedMeta, PAGE_BLOCK_SIZE,
-};
+use flashmla_abi::params::{DecodeParams, DecodingSchedMeta};
+use flashmla_abi::sched::{part_range, sched_num_blocks};
+use flashmla_abi::PAGE_BLOCK_SIZE;
 
 /// log(2): converts a base-2 lse to natural log.
 pub const LN_2: f32 = core::f32::consts::LN_2;

@@ -5,10 +5,11 @@
 
 use crate::arch::{self, Element};
 use crate::unroll;
-use flashmla_abi::{
-    CombineParams, COMBINE_COLS_PER_LANE, COMBINE_SPLITS_IN_FLIGHT, COMBINE_WARPS,
-    COMBINE_WARPS_PER_ROW, HEAD_DIM_V,
+use flashmla_abi::decode_config::{
+    COMBINE_COLS_PER_LANE, COMBINE_SPLITS_IN_FLIGHT, COMBINE_WARPS, COMBINE_WARPS_PER_ROW,
 };
+use flashmla_abi::params::CombineParams;
+use flashmla_abi::HEAD_DIM_V;
 
 const LN_2: f32 = core::f32::consts::LN_2;
 

@@ -33,11 +33,12 @@ use crate::arch;
 use crate::attn::{self, RequestRange};
 use crate::hopper::{self as hw, WgmmaElement};
 use crate::unroll;
-use flashmla_abi::{
-    sm90_smem as smem, DecodeParams, DecodingSchedMeta, Sm90DecodeParams, Sm90SharedMemory,
-    BLOCK_SIZE_M, HEAD_DIM_K, HEAD_DIM_V, K_TILES, PAGE_BLOCK_SIZE, SM90_THREADS, TILE_BYTES,
-    TILE_COLS, V_TILES_PER_WARPGROUP, WARPGROUP_THREADS,
+use flashmla_abi::params::{DecodeParams, DecodingSchedMeta, Sm90DecodeParams};
+use flashmla_abi::sm90_config::{
+    sm90_smem as smem, Sm90SharedMemory, K_TILES, SM90_THREADS, TILE_BYTES, TILE_COLS,
+    V_TILES_PER_WARPGROUP, WARPGROUP_THREADS,
 };
+use flashmla_abi::{BLOCK_SIZE_M, HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};
 
 const CTA: u32 = SM90_THREADS;
 const WG: u32 = WARPGROUP_THREADS;

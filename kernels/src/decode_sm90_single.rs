@@ -19,11 +19,12 @@ use crate::decode_sm90::{
 };
 use crate::hopper::{self as hw, WgmmaElement};
 use crate::unroll;
-use flashmla_abi::{
-    sm90_smem as smem, DecodingSchedMeta, Sm90DecodeParams, Sm90SharedMemory, BLOCK_SIZE_M,
-    HEAD_DIM_K, HEAD_DIM_V, K_TILES, PAGE_BLOCK_SIZE, SM90_THREADS, TILE_BYTES, TILE_COLS,
+use flashmla_abi::params::{DecodingSchedMeta, Sm90DecodeParams};
+use flashmla_abi::sm90_config::{
+    sm90_smem as smem, Sm90SharedMemory, K_TILES, SM90_THREADS, TILE_BYTES, TILE_COLS,
     V_TILES_PER_WARPGROUP, WARPGROUP_THREADS,
 };
+use flashmla_abi::{BLOCK_SIZE_M, HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};
 
 const CTA: u32 = SM90_THREADS;
 const WG: u32 = WARPGROUP_THREADS;
@@ -50,7 +51,7 @@ const _: () = assert!(PAGE_BLOCK_SIZE == 64 && BLOCK_SIZE_M == 64 && Q_ROW_CHUNK
 /// `req` is a request of `meta`'s work list.
 #[inline(always)]
 unsafe fn request_blocks(
-    p: &flashmla_abi::DecodeParams,
+    p: &flashmla_abi::params::DecodeParams,
     meta: &DecodingSchedMeta,
     req: i32,
     row_base: u32,
@@ -66,7 +67,7 @@ unsafe fn request_blocks(
 /// outside the cache are left to TMA, which reads them as zeros.
 #[inline(always)]
 unsafe fn page_at(
-    p: &flashmla_abi::DecodeParams,
+    p: &flashmla_abi::params::DecodeParams,
     meta: &DecodingSchedMeta,
     mut req: i32,
     mut j: usize,

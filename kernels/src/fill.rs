@@ -1,9 +1,9 @@
-//! Test-data kernels: fill a tensor with [`flashmla_abi::fill_value`] (rounded to bf16 / fp16) and NaN in
+//! Test-data kernels: fill a tensor with [`flashmla_abi::fill::fill_value`] (rounded to bf16 / fp16) and NaN in
 //! the rows a page mask marks unused. Used by the GPU tests, `flashmla check` and `flashmla bench`, so
 //! inputs of gigabytes cost milliseconds and the host reference can recompute any element.
 
 use crate::arch::{self, Element};
-use flashmla_abi::{fill_value, FillParams};
+use flashmla_abi::fill::{fill_value, FillParams};
 
 /// Grid-stride over pairs of elements; `row_len` must be even.
 ///

@@ -1,7 +1,7 @@
 //! Hopper (sm_90a) instructions: mbarriers, TMA (`cp.async.bulk.tensor`), `wgmma`, named barriers and
 //! proxy fences. Only in the sm_90a module.
 //!
-//! CTA- and warpgroup-wide barriers go through LLVM intrinsics (toolchain.md, pitfall 1). The
+//! CTA- and warpgroup-wide barriers go through LLVM intrinsics (kernels/PITFALLS.md, pitfall 1). The
 //! `wgmma.*.sync.aligned` instructions are inline asm because their accumulators must be asm operands
 //! (pitfall 4); they are only ever executed in warpgroup-uniform control flow.
 
@@ -292,6 +292,7 @@ pub unsafe fn st_shared_zero_16(addr: u32) {
 
 /// Stores a 128-byte tensor map to global memory and makes it usable by this thread's TMA copies:
 /// generic-proxy stores, then `fence.proxy.tensormap::generic.release` and `.acquire` on the object.
+/// (A tensor map cannot be a kernel parameter from Rust: kernels/PITFALLS.md, pitfall 3.)
 ///
 /// # Safety
 /// `dst` is 64-byte aligned global memory of 128 bytes that no TMA is reading.

@@ -20,7 +20,6 @@
 pub mod arch;
 pub mod attn;
 pub mod combine;
-pub mod decode;
 #[cfg(flashmla_arch = "sm90a")]
 pub mod decode_sm90;
 #[cfg(flashmla_arch = "sm90a")]
@@ -28,30 +27,32 @@ pub mod decode_sm90_single;
 pub mod fill;
 #[cfg(flashmla_arch = "sm90a")]
 pub mod hopper;
+pub mod portable;
 pub mod sched_meta;
 
+use flashmla_abi::fill::FillParams;
 #[cfg(flashmla_arch = "sm90a")]
-use flashmla_abi::Sm90DecodeParams;
-use flashmla_abi::{CombineParams, DecodeParams, FillParams};
+use flashmla_abi::params::Sm90DecodeParams;
+use flashmla_abi::params::{CombineParams, DecodeParams};
 
-/// bf16 split-KV decode. See [`decode::splitkv_decode`].
+/// bf16 split-KV decode. See [`portable::splitkv_decode`].
 ///
 /// # Safety
-/// As [`decode::splitkv_decode`].
+/// As [`portable::splitkv_decode`].
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn flashmla_splitkv_decode_bf16(params: DecodeParams) {
     // SAFETY: forwarded.
-    unsafe { decode::splitkv_decode::<arch::Bf16>(&params) }
+    unsafe { portable::splitkv_decode::<arch::Bf16>(&params) }
 }
 
-/// fp16 split-KV decode. See [`decode::splitkv_decode`].
+/// fp16 split-KV decode. See [`portable::splitkv_decode`].
 ///
 /// # Safety
-/// As [`decode::splitkv_decode`].
+/// As [`portable::splitkv_decode`].
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn flashmla_splitkv_decode_f16(params: DecodeParams) {
     // SAFETY: forwarded.
-    unsafe { decode::splitkv_decode::<arch::F16>(&params) }
+    unsafe { portable::splitkv_decode::<arch::F16>(&params) }
 }
 
 /// bf16 split-KV decode on Hopper (sm_90a module only). See [`decode_sm90::splitkv_decode_sm90`].

@@ -3,21 +3,22 @@
 //! computes, in parallel where FlashMLA's one lane walks the batch request by request:
 //! 1. the CTA sums the request costs into prefix costs `C` in shared memory (a scan);
 //! 2. one warp runs the only serial part, the chain of the parts' start positions
-//!    (`flashmla_abi::sched_next_start`), finding each part's last reachable boundary with one
+//!    (`flashmla_abi::sched::sched_next_start`), finding each part's last reachable boundary with one
 //!    `redux.sync.max` over a window of `C` that only moves forward;
-//! 3. the CTA turns the positions into every work list (`flashmla_abi::sched_part_meta`) and every
+//! 3. the CTA turns the positions into every work list (`flashmla_abi::sched::sched_part_meta`) and every
 //!    `num_splits` entry, with binary searches.
 //!
-//! The results are those of `flashmla_abi::schedule`, the serial pass the host runs, which the kernel
+//! The results are those of `flashmla_abi::sched::schedule`, the serial pass the host runs, which the kernel
 //! also runs where the parallel path's arrays do not fit in shared memory or the costs exceed 32 bits
 //! (abi and GPU tests compare both paths with it).
 
 use crate::arch;
-use flashmla_abi::{
-    sched_end_request, sched_meta_parallel_fits, sched_next_start, sched_part_meta, sched_payload,
-    sched_request_cost, schedule, DecodingSchedMeta, SchedCursor, SchedMetaParams,
-    SCHED_MAX_CHAIN_COST, SCHED_META_SCRATCH_BYTES, SCHED_META_THREADS,
+use flashmla_abi::params::{DecodingSchedMeta, SchedMetaParams};
+use flashmla_abi::sched::{
+    sched_end_request, sched_next_start, sched_part_meta, sched_payload, sched_request_cost,
+    schedule, SchedCursor, SCHED_MAX_CHAIN_COST,
 };
+use flashmla_abi::{sched_meta_parallel_fits, SCHED_META_SCRATCH_BYTES, SCHED_META_THREADS};
 
 const WARPS: usize = SCHED_META_THREADS as usize / 32;
 
@@ -156,7 +157,7 @@ pub unsafe extern "ptx-kernel" fn flashmla_get_decoding_sched_meta(params: Sched
 }
 
 /// Warp 0: the start position of every part, in order (FlashMLA's greedy pass restated on the cost line,
-/// see `flashmla_abi::SchedCursor`), with the request it lies in and the running count of cuts. The
+/// see `flashmla_abi::sched::SchedCursor`), with the request it lies in and the running count of cuts. The
 /// window `C[window .. window + 32]` (one boundary per lane) only moves forward, as the positions do;
 /// a `redux.sync.max` over the boundaries within reach gives the last one, `C[e]`.
 ///

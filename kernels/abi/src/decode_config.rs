@@ -1,4 +1,4 @@
-//! Tiling of the portable split-KV decode kernel (`kernels/src/decode.rs`) and its shared-memory plan.
+//! Tiling of the portable split-KV decode kernel (`kernels/src/portable.rs`) and its shared-memory plan.
 //! The host sizes its launch from these; the kernel lays out shared memory from the same numbers.
 
 use crate::{BLOCK_SIZE_M, HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};

@@ -4,20 +4,19 @@
 //! This crate is `no_std`, has no dependencies and uses no nightly features, so the device crate
 //! (`kernels/`, built for `nvptx64-nvidia-cuda`) and the host crate (`flashmla`, stable Rust) compile
 //! the very same source. Nothing in here may be written twice on the other side.
+//!
+//! The root holds FlashMLA's dimensions; the rest is in named modules, so every use says what it is:
+//! [`params`] (the records passed to the kernels), [`sched`] (the tile scheduler), [`decode_config`]
+//! (the portable decode kernel's and the combine kernel's tiling), [`sm90_config`] (the Hopper kernel's
+//! tiling and shared-memory plan) and [`fill`] (the test-data generator both sides compute).
 #![no_std]
 #![deny(missing_docs)]
 
 pub mod decode_config;
+pub mod fill;
 pub mod params;
 pub mod sched;
 pub mod sm90_config;
-pub mod testdata;
-
-pub use decode_config::*;
-pub use params::*;
-pub use sched::*;
-pub use sm90_config::*;
-pub use testdata::*;
 
 /// Width of one query/key row of MLA: 512 latent (NoPE) columns plus 64 RoPE columns.
 pub const HEAD_DIM_K: usize = 576;
@@ -94,6 +93,8 @@ const _: () = assert!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode_config::COMBINE_WARPS;
+    use crate::params::{combine_tasks_per_warp, COMBINE_TARGET_CTAS};
 
     #[test]
     fn m_block_rows() {

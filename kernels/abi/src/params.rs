@@ -96,7 +96,7 @@ pub struct SchedMetaParams {
     pub num_splits: u64,
     /// Number of requests.
     pub batch_size: i32,
-    /// Number of work lists, see [`num_sm_parts`](crate::num_sm_parts).
+    /// Number of work lists, see [`num_sm_parts`](crate::sched::num_sm_parts).
     pub num_sm_parts: i32,
 }
 
@@ -234,7 +234,8 @@ pub const COMBINE_TARGET_CTAS: usize = 1024;
 /// Tasks per combine warp for `tasks` (row, column quarter) tasks in all: enough that the grid has
 /// about [`COMBINE_TARGET_CTAS`] CTAs, at least 1.
 pub const fn combine_tasks_per_warp(tasks: usize) -> usize {
-    let per_warp = tasks.div_ceil(COMBINE_TARGET_CTAS * crate::COMBINE_WARPS as usize);
+    let per_warp =
+        tasks.div_ceil(COMBINE_TARGET_CTAS * crate::decode_config::COMBINE_WARPS as usize);
     if per_warp == 0 {
         1
     } else {

@@ -6,7 +6,8 @@
 //! pass below walks the requests in order and cuts them into chunks; a request cut into several chunks is
 //! "split", its partial results go to `o_accum`/`lse_accum` and the combine kernel merges them.
 
-use crate::{DecodingSchedMeta, BLOCK_SIZE_M, FIXED_OVERHEAD_NUM_BLOCKS, PAGE_BLOCK_SIZE};
+use crate::params::DecodingSchedMeta;
+use crate::{BLOCK_SIZE_M, FIXED_OVERHEAD_NUM_BLOCKS, PAGE_BLOCK_SIZE};
 
 /// KV blocks the scheduler charges for a request of `seqlen` tokens. A request with no tokens still
 /// counts as one block (FlashMLA HEAD: `last_token_idx = max(s_k - 1, 0)`), so every request owns at
@@ -31,8 +32,8 @@ pub const fn sched_request_cost(seqlen: i32) -> i64 {
 ///
 /// ```
 /// // H200 (132 SMs), MLA with one KV head: 128 heads × 1 token = two 64-row tiles per KV head.
-/// assert_eq!(flashmla_abi::num_sm_parts(132, 1, 128), 66);
-/// assert_eq!(flashmla_abi::num_sm_parts(132, 8, 4096), 1); // FlashMLA v1 divided to 0 here
+/// assert_eq!(flashmla_abi::sched::num_sm_parts(132, 1, 128), 66);
+/// assert_eq!(flashmla_abi::sched::num_sm_parts(132, 8, 4096), 1); // FlashMLA v1 divided to 0 here
 /// ```
 #[inline]
 pub const fn num_sm_parts(num_sms: u32, h_kv: u32, q_seq_per_hk: u32) -> u32 {
@@ -66,7 +67,8 @@ pub const fn max_total_splits(batch_size: usize, num_sm_parts: usize) -> usize {
 /// `batch_size` must be ≥ 1 and `num_sm_parts` ≥ 1.
 ///
 /// ```
-/// use flashmla_abi::{schedule, sched_request_cost, DecodingSchedMeta};
+/// use flashmla_abi::params::DecodingSchedMeta;
+/// use flashmla_abi::sched::{sched_request_cost, schedule};
 /// let seqlens = [4641, 45118, 1730, 1696];
 /// let total = seqlens.iter().map(|&s| sched_request_cost(s)).sum();
 /// let (mut parts, mut num_splits) = ([DecodingSchedMeta::default(); 8], [0i32; 5]);

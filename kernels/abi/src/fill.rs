@@ -39,7 +39,7 @@ pub struct FillParams {
 }
 
 // SAFETY: repr(C), integers and floats only.
-unsafe impl crate::DeviceRecord for FillParams {}
+unsafe impl crate::params::DeviceRecord for FillParams {}
 
 /// Threads per block of the fill kernels.
 pub const FILL_THREADS: u32 = 256;

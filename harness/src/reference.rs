@@ -6,7 +6,7 @@
 //! `s_k`; `lse = ln Σ exp(scale·q·k_j)`, `out = Σ softmax_j · v_j` with `v_j = k_j[..512]`. A row with no
 //! attended key has `lse = +inf` and `out = 0`.
 
-use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V};
+use flashmla::abi::{HEAD_DIM_K, HEAD_DIM_V};
 
 /// Output of one query row.
 #[derive(Clone, Debug, PartialEq)]

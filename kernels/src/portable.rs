@@ -20,12 +20,11 @@ use crate::unroll;
 
 // The unrolled k-steps below are written out: 36 of QKᵀ over the 576 head columns, 2 of PV over a tile.
 const _: () = assert!(HEAD_DIM_K / 16 == 36 && KV_TILE / 16 == 2);
-use flashmla_abi::{
-    smem, DecodeParams, DecodingSchedMeta, BLOCK_SIZE_M, HEAD_DIM_K, HEAD_DIM_V, KV_STAGES,
-    KV_TILE, PAGE_BLOCK_SIZE, P_ROW, ROW_CHUNKS, SMEM_ROW,
-};
+use flashmla_abi::decode_config::{smem, KV_STAGES, KV_TILE, P_ROW, ROW_CHUNKS, SMEM_ROW};
+use flashmla_abi::params::{DecodeParams, DecodingSchedMeta};
+use flashmla_abi::{BLOCK_SIZE_M, HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};
 
-const THREADS: usize = flashmla_abi::DECODE_THREADS as usize;
+const THREADS: usize = flashmla_abi::decode_config::DECODE_THREADS as usize;
 
 /// Per-thread coordinates inside the CTA's warp tiling.
 #[derive(Clone, Copy)]

@@ -1,131 +1,20 @@
-//! Benchmark procedure shared by `flashmla bench` and the criterion benches: FlashMLA's grid, its FLOP
-//! and byte formulas, CUDA-event timing with an L2 flush before every run, and the two ceilings measured
-//! in the same run (device-to-device copy bandwidth and cuBLAS bf16 matmul rate).
+//! Benchmark procedure shared by `flashmla bench` and the criterion benches: FlashMLA's FLOP and byte
+//! formulas, CUDA-event timing with an L2 flush before every run, the two ceilings measured in the same
+//! run (device-to-device copy bandwidth and cuBLAS bf16 matmul rate), and FlashMLA's times measured
+//! side by side. The shapes it times are [`shapes::flashmla_grid`](crate::shapes::flashmla_grid).
 
-use crate::decode::{DecodeKernel, DecodeOptions, DecodePlan, OutputBuffers};
-use crate::tensor::{DType, Element};
-use crate::testdata::{CaseSpec, DeviceCase};
-use crate::{DecodeShape, Error, FlashMla, Result};
-use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
-use flashmla_abi::{FillParams, HEAD_DIM_K, HEAD_DIM_V};
+use crate::case::{CaseSpec, DeviceCase};
+use crate::cuda;
+use crate::shapes::{BenchShape, ShapeKey};
+use flashmla::abi::fill::FillParams;
+use flashmla::abi::{HEAD_DIM_K, HEAD_DIM_V};
+use flashmla::cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
+use flashmla::half;
+use flashmla::{
+    DType, DecodeKernel, DecodeOptions, DecodePlan, DecodeShape, Element, Error, FlashMla,
+    OutputBuffers, Result,
+};
 use std::sync::Arc;
-
-/// FlashMLA measured on this project's H200 on 2026-11-30, for orientation only (absolute times on these
-/// GPUs move by ~15% with thermal and power state): both upstream versions built with the CUTLASS commit
-/// each pins (9edee0c, the v1 "seesaw" kernel; b31bfe7, the original kernel FlashMLA recommends for
-/// memory-bound shapes), `triton.testing.do_bench` median over split + combine with an L2 flush, causal,
-/// bf16, h_kv = 1, FlashMLA's own varlen lengths ([`FLASHMLA_GRID_SEQLENS`]). Columns: `b, s_q, s_k, h_q,
-/// varlen, total_seqlen_k, flashmla_9edee0c_us, flashmla_b31bfe7_us, best_us, best_tflops, best_gbps`.
-/// A speed claim against FlashMLA needs FlashMLA timed in the same run: see [`FlashMlaTimes`].
-pub const FLASHMLA_H200: &str = include_str!("../benches/flashmla_h200.csv");
-
-/// FlashMLA's varlen KV lengths for its benchmark grid (`random.seed(0)`, then
-/// `max(int(normalvariate(s_k, s_k / 2)), s_q)` per request, as in its `tests/test_flash_mla.py`), one
-/// line `b s_q s_k: len_0 … len_{b-1}` per (b, s_q, s_k). The benchmark's varlen shapes use these, so
-/// both sides are timed on the same Σs_k.
-pub const FLASHMLA_GRID_SEQLENS: &str = include_str!("../benches/flashmla_grid_seqlens.txt");
-
-/// FlashMLA's times for one shape from the 2026-11-30 reference run ([`FLASHMLA_H200`]), µs.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FlashMlaReference {
-    /// Σ s_k of the lengths FlashMLA was timed on.
-    pub total_seqlen_k: usize,
-    /// FlashMLA 9edee0c (v1 kernel).
-    pub v1_us: f64,
-    /// FlashMLA b31bfe7 (original kernel).
-    pub v0_us: f64,
-    /// The better of the two: the bar.
-    pub best_us: f64,
-}
-
-/// One benchmark shape (FlashMLA's test grid uses causal, h_kv = 1, bf16).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BenchShape {
-    /// Batch.
-    pub b: usize,
-    /// Query tokens per request.
-    pub s_q: usize,
-    /// Mean KV length.
-    pub s_k: usize,
-    /// Query heads.
-    pub h_q: usize,
-    /// KV heads.
-    pub h_kv: usize,
-    /// Varlen lengths.
-    pub varlen: bool,
-    /// Causal.
-    pub causal: bool,
-    /// FlashMLA's times in the 2026-11-30 reference run, for this exact configuration (None for shapes
-    /// or settings it was not timed on).
-    pub reference: Option<FlashMlaReference>,
-}
-
-impl BenchShape {
-    /// The shape's (b, s_q, s_k, h_q, varlen) key, as in FlashMLA's CSV files.
-    pub fn key(&self) -> ShapeKey {
-        (self.b, self.s_q, self.s_k, self.h_q, self.varlen)
-    }
-
-    /// The KV lengths to benchmark: FlashMLA's own for its varlen grid shapes, `s_k` for fixed-length
-    /// shapes, `None` (drawn by the case generator) for varlen shapes FlashMLA's grid lacks.
-    pub fn seqlens(&self) -> Option<Vec<i32>> {
-        if !self.varlen {
-            return Some(vec![self.s_k as i32; self.b]);
-        }
-        flashmla_grid_seqlens(self.b, self.s_q, self.s_k)
-    }
-}
-
-/// FlashMLA's varlen lengths for (b, s_q, s_k) from [`FLASHMLA_GRID_SEQLENS`], if listed.
-pub fn flashmla_grid_seqlens(b: usize, s_q: usize, s_k: usize) -> Option<Vec<i32>> {
-    FLASHMLA_GRID_SEQLENS
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (head, lens) = line.split_once(':')?;
-            let key: Vec<usize> = head
-                .split_whitespace()
-                .map(|v| v.parse().ok())
-                .collect::<Option<_>>()?;
-            if key != [b, s_q, s_k] {
-                return None;
-            }
-            let lens: Vec<i32> = lens
-                .split_whitespace()
-                .map(|v| v.parse().ok())
-                .collect::<Option<_>>()?;
-            (lens.len() == b).then_some(lens)
-        })
-}
-
-/// The shapes of [`FLASHMLA_H200`]: FlashMLA's grid (b = 128, s_q ∈ {1, 2}, s_k ∈ {4096, 8192, 16384},
-/// h_q ∈ {16, 32, 64, 128}, varlen off/on) and five small or skewed batches.
-pub fn flashmla_grid() -> Vec<BenchShape> {
-    FLASHMLA_H200
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(',').collect();
-            let n = |i: usize| f.get(i).and_then(|v| v.trim().parse::<usize>().ok());
-            let x = |i: usize| f.get(i).and_then(|v| v.trim().parse::<f64>().ok());
-            Some(BenchShape {
-                b: n(0)?,
-                s_q: n(1)?,
-                s_k: n(2)?,
-                h_q: n(3)?,
-                h_kv: 1,
-                varlen: n(4)? == 1,
-                causal: true,
-                reference: Some(FlashMlaReference {
-                    total_seqlen_k: n(5)?,
-                    v1_us: x(6)?,
-                    v0_us: x(7)?,
-                    best_us: x(8)?,
-                }),
-            })
-        })
-        .collect()
-}
 
 /// FlashMLA's times measured in the same run as ours, from the CSV files that
 /// `shared/tools/flashmla-anchor/time_flashmla.py` prints (`b,s_q,s_k,h_q,varlen,total_seqlen_k,us`),
@@ -145,9 +34,6 @@ struct FlashMlaTime {
     /// The file it came from.
     origin: String,
 }
-
-/// (b, s_q, s_k, h_q, varlen).
-pub type ShapeKey = (usize, usize, usize, usize, bool);
 
 impl FlashMlaTimes {
     /// Adds one CSV file's rows (`origin` names it in errors and in the table).
@@ -292,15 +178,15 @@ impl Bencher {
         let words = (fm.device_info().l2_cache_bytes as usize).max(1 << 20);
         let flush = stream
             .alloc_zeros::<u32>(words)
-            .map_err(Error::cuda("cuMemAlloc"))?;
+            .map_err(cuda("cuMemAlloc"))?;
         let ctx = fm.context();
         let events = (0..iters.max(1))
             .map(|_| {
                 Ok((
                     ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                        .map_err(Error::cuda("cuEventCreate"))?,
+                        .map_err(cuda("cuEventCreate"))?,
                     ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                        .map_err(Error::cuda("cuEventCreate"))?,
+                        .map_err(cuda("cuEventCreate"))?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -320,7 +206,7 @@ impl Bencher {
         // SAFETY: writes the flush buffer only.
         unsafe { sys::cuMemsetD32Async(ptr, 0x1234_5678, n, self.stream.cu_stream()) }
             .result()
-            .map_err(Error::cuda("cuMemsetD32Async"))
+            .map_err(cuda("cuMemsetD32Async"))
     }
 
     /// Median GPU time in µs of `work`, each repetition preceded by an L2 flush (outside the timed
@@ -338,23 +224,23 @@ impl Bencher {
             self.events[i]
                 .0
                 .record(&self.stream)
-                .map_err(Error::cuda("cuEventRecord"))?;
+                .map_err(cuda("cuEventRecord"))?;
             work()?;
             self.events[i]
                 .1
                 .record(&self.stream)
-                .map_err(Error::cuda("cuEventRecord"))?;
+                .map_err(cuda("cuEventRecord"))?;
         }
         self.stream
             .synchronize()
-            .map_err(Error::cuda("cuStreamSynchronize"))?;
+            .map_err(cuda("cuStreamSynchronize"))?;
         let mut times = self
             .events
             .iter()
             .map(|(a, b)| {
                 a.elapsed_ms(b)
                     .map(|ms| ms as f64 * 1e3)
-                    .map_err(Error::cuda("cuEventElapsedTime"))
+                    .map_err(cuda("cuEventElapsedTime"))
             })
             .collect::<Result<Vec<_>>>()?;
         let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -367,14 +253,14 @@ impl Bencher {
         let bytes = 2usize << 30;
         let src = stream
             .alloc_zeros::<u8>(bytes)
-            .map_err(Error::cuda("cuMemAlloc"))?;
+            .map_err(cuda("cuMemAlloc"))?;
         let mut dst = stream
             .alloc_zeros::<u8>(bytes)
-            .map_err(Error::cuda("cuMemAlloc"))?;
+            .map_err(cuda("cuMemAlloc"))?;
         let (copy_us, _) = self.time_us(2, || {
             stream
                 .memcpy_dtod(&src, &mut dst)
-                .map_err(Error::cuda("cuMemcpyDtoD"))
+                .map_err(cuda("cuMemcpyDtoD"))
         })?;
         let copy_gbps = 2.0 * bytes as f64 / copy_us / 1e3;
         drop((src, dst));
@@ -390,8 +276,8 @@ impl Bencher {
     }
 
     fn matmul_tflops(&mut self) -> Result<f64> {
-        use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
-        if !crate::runtime::cublas_available() {
+        use flashmla::cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
+        if !cublas_available() {
             return Err(Error::Cublas(
                 "libcublas could not be loaded (add the CUDA toolkit's lib64 to LD_LIBRARY_PATH)"
                     .into(),
@@ -401,13 +287,13 @@ impl Bencher {
         let stream = self.stream.clone();
         let mut a = stream
             .alloc_zeros::<half::bf16>(n * n)
-            .map_err(Error::cuda("cuMemAlloc"))?;
+            .map_err(cuda("cuMemAlloc"))?;
         let mut b = stream
             .alloc_zeros::<half::bf16>(n * n)
-            .map_err(Error::cuda("cuMemAlloc"))?;
+            .map_err(cuda("cuMemAlloc"))?;
         let mut c = stream
             .alloc_zeros::<half::bf16>(n * n)
-            .map_err(Error::cuda("cuMemAlloc"))?;
+            .map_err(cuda("cuMemAlloc"))?;
         for (buf, seed) in [(&mut a, 1u64), (&mut b, 2u64)] {
             let (ptr, _g) = buf.device_ptr_mut(&stream);
             // SAFETY: fills n·n bf16 values of a live buffer (random data: zeros run faster).
@@ -475,7 +361,7 @@ impl Bencher {
                 seed,
             )
         };
-        let case: DeviceCase<T> = fm.generate_case(&stream, &spec)?;
+        let case = DeviceCase::<T>::generate(&fm, &stream, &spec)?;
         let mut plan: DecodePlan = fm.plan_decode(&stream, dshape)?;
         fm.get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())?;
         let (b, s_q, h_q) = (shape.b, shape.s_q, shape.h_q);
@@ -524,6 +410,21 @@ impl BenchRow {
     }
 }
 
+/// Whether cuBLAS (only the matmul ceiling uses it) can be loaded. Checked by name, like
+/// [`flashmla::driver_available`], so a missing library is a note in the table, not a panic.
+fn cublas_available() -> bool {
+    let names: &[&str] = if cfg!(windows) {
+        &["cublas64_13.dll", "cublas64_12.dll"]
+    } else {
+        &["libcublas.so", "libcublas.so.13", "libcublas.so.12"]
+    };
+    names.iter().any(|name| {
+        // SAFETY: loading an NVIDIA library runs only its own initialisers, as cudarc's loading of it
+        // would; the handle is closed again when dropped.
+        unsafe { libloading::Library::new(*name) }.is_ok()
+    })
+}
+
 /// One measured shape.
 #[derive(Clone, Debug)]
 pub struct BenchRow {
@@ -544,38 +445,10 @@ pub struct BenchRow {
     /// GB/s by FlashMLA's formula.
     pub gbps: f64,
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grid_has_flashmla_reference_for_every_shape() {
-        let grid = flashmla_grid();
-        assert_eq!(grid.len(), 53);
-        assert_eq!(grid.iter().filter(|s| s.b == 128).count(), 48);
-        for s in &grid {
-            let r = s.reference.expect("every grid row has FlashMLA's times");
-            assert_eq!(r.best_us, r.v1_us.min(r.v0_us), "{s:?}");
-        }
-    }
-
-    #[test]
-    fn varlen_shapes_use_flashmla_lengths() {
-        for s in flashmla_grid() {
-            let lens = s.seqlens();
-            let total: usize = lens
-                .as_ref()
-                .expect("every grid shape has fixed or FlashMLA lengths")
-                .iter()
-                .map(|&l| l as usize)
-                .sum();
-            // The same Σs_k FlashMLA was timed on, varlen or not.
-            assert_eq!(total, s.reference.unwrap().total_seqlen_k, "{s:?}");
-            assert!(lens.unwrap().iter().all(|&l| l >= s.s_q as i32));
-        }
-        assert_eq!(flashmla_grid_seqlens(128, 1, 5000), None);
-    }
+    use crate::shapes::flashmla_grid;
 
     #[test]
     fn flashmla_times_take_the_best_and_check_lengths() {

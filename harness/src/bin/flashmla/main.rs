@@ -8,12 +8,13 @@ mod args;
 use args::{
     BenchArgs, CheckArgs, Cli, Command, Dtype, Module, Stop, Suite, EXIT_NO_GPU, EXIT_USAGE,
 };
-use flashmla::bench::{flashmla_grid, BenchRow, BenchShape, Bencher, FlashMlaTimes};
 use flashmla::ptx::PtxArch;
-use flashmla::testdata::{
-    corner_cases, flashmla_sweep, head_grid_sample, run_case, DEFAULT_ROW_BUDGET,
-};
 use flashmla::{DType, DecodeShape, Error, FlashMla, Result};
+use flashmla_harness::bench::{BenchRow, Bencher, FlashMlaTimes};
+use flashmla_harness::check::{run_case, DEFAULT_ROW_BUDGET};
+use flashmla_harness::shapes::{
+    corner_cases, flashmla_grid, flashmla_sweep, head_grid_sample, BenchShape,
+};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -422,7 +423,7 @@ fn ratio_summary(rows: &[(BenchRow, Option<f64>)]) -> Vec<String> {
         let (min, max) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| {
             (lo.min(x), hi.max(x))
         });
-        let median = flashmla::bench::median(&mut ratios);
+        let median = flashmla_harness::bench::median(&mut ratios);
         lines.push(format!(
             "vs FlashMLA (this run), {name}: {n} shapes, {min:.2}–{max:.2}x, median {median:.2}x, {at_par} at ≥ 1.00x"
         ));
@@ -433,7 +434,7 @@ fn ratio_summary(rows: &[(BenchRow, Option<f64>)]) -> Vec<String> {
 fn check(cli: &Cli, a: &CheckArgs) -> Result<ExitCode> {
     let seed = a
         .seed
-        .unwrap_or_else(|| flashmla::rng::SplitMix64::from_time().1);
+        .unwrap_or_else(|| flashmla_harness::rng::SplitMix64::from_time().1);
     let dtype = if a.dtype == Dtype::Fp16 {
         DType::F16
     } else {

@@ -2,8 +2,8 @@
 //! launches back to back (CUDA events; bound by the host's launch cost for small batches), `gpu-graph/b`
 //! the kernel alone: 64 launches captured in one CUDA graph, replayed, time per launch.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use flashmla::rng::SplitMix64;
 use flashmla::{get_mla_metadata_cpu, DecodeShape, FlashMla};
+use flashmla_harness::rng::SplitMix64;
 use std::time::Duration;
 
 fn seqlens(b: usize) -> Vec<i32> {
@@ -33,7 +33,7 @@ fn bench(c: &mut Criterion) {
                     bencher.iter_custom(|iters| {
                         let start = stream
                             .record_event(Some(
-                                cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
+                                flashmla::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
                             ))
                             .expect("event");
                         for _ in 0..iters {
@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
                         }
                         let end = stream
                             .record_event(Some(
-                                cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
+                                flashmla::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
                             ))
                             .expect("event");
                         end.synchronize().expect("sync");
@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
                 let mut meta = fm.alloc_sched_metadata(&stream, shape).expect("alloc");
                 stream
                     .begin_capture(
-                        cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                        flashmla::cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
                     )
                     .expect("begin capture");
                 for _ in 0..LAUNCHES {
@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
                 }
                 let graph = stream
                     .end_capture(
-                        cudarc::driver::sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+                        flashmla::cudarc::driver::sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
                     )
                     .expect("end capture")
                     .expect("a graph");
@@ -79,7 +79,7 @@ fn bench(c: &mut Criterion) {
                     bencher.iter_custom(|iters| {
                         let start = stream
                             .record_event(Some(
-                                cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
+                                flashmla::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
                             ))
                             .expect("event");
                         for _ in 0..iters.div_ceil(LAUNCHES as u64) {
@@ -87,7 +87,7 @@ fn bench(c: &mut Criterion) {
                         }
                         let end = stream
                             .record_event(Some(
-                                cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
+                                flashmla::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
                             ))
                             .expect("event");
                         end.synchronize().expect("sync");

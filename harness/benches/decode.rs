@@ -2,11 +2,11 @@
 //! Skipped without a GPU. `flashmla bench` is the full grid with ceilings and an L2 flush per run; here
 //! the KV caches of the b = 128 shapes (≥ 600 MB) dwarf the 60 MB L2, so back-to-back runs do not hit it.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use cudarc::driver::sys::CUevent_flags;
-use flashmla::bench::{flashmla_bytes, flashmla_flops};
-use flashmla::testdata::CaseSpec;
+use flashmla::cudarc::driver::sys::CUevent_flags;
+use flashmla::half::bf16;
 use flashmla::{DType, DecodeShape, FlashMla, OutputBuffers};
-use half::bf16;
+use flashmla_harness::bench::{flashmla_bytes, flashmla_flops};
+use flashmla_harness::case::{CaseSpec, DeviceCase};
 use std::time::Duration;
 
 /// (b, s_q, mean s_k, h_q, varlen): memory-bound, compute-bound, MTP, varlen, small batch.
@@ -34,7 +34,7 @@ fn bench(c: &mut Criterion) {
     for (b, s_q, s_k, h_q, varlen) in SHAPES {
         let shape = DecodeShape::new(b, s_q, h_q, 1).expect("shape");
         let spec = CaseSpec::new(shape, s_k, varlen, true, DType::Bf16, 7);
-        let case = fm.generate_case::<bf16>(&stream, &spec).expect("case");
+        let case = DeviceCase::<bf16>::generate(&fm, &stream, &spec).expect("case");
         let mut plan = fm.plan_decode(&stream, shape).expect("plan");
         fm.get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())
             .expect("metadata");

@@ -8,10 +8,8 @@
 //! `ptxas` comes from PyPI (`pip install nvidia-cuda-nvcc`); see [`ptxas_candidates`] for where it is
 //! looked for (`FLASHMLA_PTXAS=/path/to/ptxas` names it). Without it the check is *skipped*, never
 //! passed, unless `FLASHMLA_REQUIRE_PTXAS=1`, when it fails.
-mod harness;
-
 use flashmla::ptx::{kernel, PtxArch, PtxModule, MODULES};
-use harness::{Fail, Outcome, Pass, Skip};
+use flashmla_harness::runner::{self, Fail, Outcome, Pass, Skip};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -283,5 +281,8 @@ fn ptxas_sm80() -> Outcome {
 }
 
 fn main() {
-    harness::run("ptx_check", harness::cases![ptxas_sm90a, ptxas_sm80]);
+    runner::run(
+        "ptx_check",
+        flashmla_harness::cases![ptxas_sm90a, ptxas_sm80],
+    );
 }

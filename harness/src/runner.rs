@@ -1,17 +1,20 @@
-//! A minimal test harness for checks that can be *skipped* (no GPU, no ptxas): libtest can only pass or
+//! A minimal test runner for checks that can be *skipped* (no GPU, no ptxas): libtest can only pass or
 //! fail a test, and a check that could not run must never be counted as passed.
 //!
 //! Each case returns an [`Outcome`]; the run ends with the line `N passed, N failed, N skipped` and exits
-//! non-zero if anything failed. Arguments that do not start with `-` filter cases by substring.
-#![allow(dead_code)]
+//! non-zero if anything failed. Arguments that do not start with `-` filter cases by substring. A test
+//! binary (`harness = false`) ends with `runner::run("suite", flashmla_harness::cases![a, b])`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
 /// Result of one case.
 pub enum Outcome {
+    /// The check ran and passed (with what it measured).
     Pass(String),
+    /// The check ran and failed (why).
     Fail(String),
+    /// The check could not run here (why: no GPU, no ptxas, ...).
     Skip(String),
 }
 
@@ -20,13 +23,14 @@ pub use Outcome::{Fail, Pass, Skip};
 /// A named case.
 pub type Case = (&'static str, fn() -> Outcome);
 
-/// `cases![f, g]` → `&[("f", f), ("g", g)]`: each case named after its function.
+/// `cases![f, g]` → `&[("f", f), ("g", g)]`: each case ([`runner::Case`](crate::runner::Case)) named
+/// after its function.
+#[macro_export]
 macro_rules! cases {
     ($($case:ident),* $(,)?) => {
-        &[$((stringify!($case), $case as fn() -> $crate::harness::Outcome)),*]
+        &[$((stringify!($case), $case as fn() -> $crate::runner::Outcome)),*]
     };
 }
-pub(crate) use cases;
 
 /// Turns a `Result` into a pass (with its message) or a failure.
 pub fn check<E: std::fmt::Display>(r: Result<String, E>) -> Outcome {

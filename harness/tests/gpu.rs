@@ -1,20 +1,18 @@
 //! The GPU suite: runs on a machine with an NVIDIA GPU (and no Rust: see `scripts/gpu-suite.sh`).
 //! Every case is skipped, not passed, where there is no driver or no suitable device.
-mod harness;
-
-use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use flashmla::abi::{DecodingSchedMeta, SCHED_META_WORDS};
+use flashmla::abi::params::{DecodingSchedMeta, SCHED_META_WORDS};
+use flashmla::cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use flashmla::half::bf16;
 use flashmla::ptx::PtxArch;
-use flashmla::rng::SplitMix64;
-use flashmla::testdata::{
-    corner_cases, flashmla_sweep, head_grid_sample, run_case, CaseSpec, DEFAULT_ROW_BUDGET,
-};
 use flashmla::{
     get_mla_metadata_cpu, DType, DecodeArgs, DecodeKernel, DecodeOptions, DecodeOutputs,
     DecodePlan, DecodeShape, Error, FlashMla, OutputBuffers, TensorView, TensorViewMut,
 };
-use half::bf16;
-use harness::{check, Fail, Outcome, Skip};
+use flashmla_harness::case::{CaseSpec, DeviceCase};
+use flashmla_harness::check::{run_case, DEFAULT_ROW_BUDGET};
+use flashmla_harness::rng::SplitMix64;
+use flashmla_harness::runner::{self, check, Fail, Outcome, Skip};
+use flashmla_harness::shapes::{corner_cases, flashmla_sweep, head_grid_sample};
 use std::sync::Arc;
 
 /// The device under test, or the reason the case is skipped.
@@ -46,7 +44,7 @@ macro_rules! gpu_case {
     };
 }
 
-fn cuda<T>(r: Result<T, cudarc::driver::DriverError>) -> Result<T, String> {
+fn cuda<T>(r: Result<T, flashmla::cudarc::driver::DriverError>) -> Result<T, String> {
     r.map_err(|e| format!("CUDA: {e}"))
 }
 
@@ -364,9 +362,8 @@ gpu_case!(decode_kernel_selection, |fm| {
         kernel: DecodeKernel::Hopper,
         ..CaseSpec::new(shape, 100, false, false, DType::Bf16, seed())
     };
-    let case = portable
-        .generate_case::<bf16>(&stream, &spec)
-        .map_err(|e| e.to_string())?;
+    let case =
+        DeviceCase::<bf16>::generate(&portable, &stream, &spec).map_err(|e| e.to_string())?;
     let mut plan = portable
         .plan_decode(&stream, shape)
         .map_err(|e| e.to_string())?;
@@ -415,9 +412,7 @@ fn strided_views_match_contiguous(fm: &FlashMla, kernel: DecodeKernel) -> Result
         kernel,
         ..CaseSpec::new(shape, 700, true, true, DType::Bf16, seed())
     };
-    let case = fm
-        .generate_case::<bf16>(&stream, &spec)
-        .map_err(|e| e.to_string())?;
+    let case = DeviceCase::<bf16>::generate(fm, &stream, &spec).map_err(|e| e.to_string())?;
     let mut plan = fm.plan_decode(&stream, shape).map_err(|e| e.to_string())?;
     fm.get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())
         .map_err(|e| e.to_string())?;
@@ -529,9 +524,7 @@ gpu_case!(decode_cuda_graph_capture_and_replay, |fm| {
     let shape = DecodeShape::new(16, 2, 64, 1).map_err(|e| e.to_string())?;
     let seed = seed();
     let spec = CaseSpec::new(shape, 3000, true, true, DType::Bf16, seed);
-    let case = fm
-        .generate_case::<bf16>(&stream, &spec)
-        .map_err(|e| e.to_string())?;
+    let case = DeviceCase::<bf16>::generate(&fm, &stream, &spec).map_err(|e| e.to_string())?;
     let mut plan = fm.plan_decode(&stream, shape).map_err(|e| e.to_string())?;
     let mut captured_out =
         OutputBuffers::<bf16>::alloc(&stream, [16, 2, 64]).map_err(|e| e.to_string())?;
@@ -614,9 +607,7 @@ gpu_case!(decode_rejects_bad_buffers_before_launch, |fm| {
     let stream = fm.new_stream().map_err(|e| e.to_string())?;
     let shape = DecodeShape::new(2, 1, 16, 1).map_err(|e| e.to_string())?;
     let spec = CaseSpec::new(shape, 200, false, false, DType::Bf16, 5);
-    let case = fm
-        .generate_case::<bf16>(&stream, &spec)
-        .map_err(|e| e.to_string())?;
+    let case = DeviceCase::<bf16>::generate(&fm, &stream, &spec).map_err(|e| e.to_string())?;
     let mut plan = fm.plan_decode(&stream, shape).map_err(|e| e.to_string())?;
     let mut out = cuda(stream.alloc_zeros::<u16>(2 * 16 * 512))?;
     let mut lse = cuda(stream.alloc_zeros::<f32>(2 * 16))?;
@@ -714,9 +705,9 @@ fn poison_u16(stream: &Arc<CudaStream>, buf: &mut CudaSlice<u16>) -> Result<(), 
 }
 
 fn main() {
-    harness::run(
+    runner::run(
         "gpu",
-        harness::cases![
+        flashmla_harness::cases![
             device_info_and_kernels,
             sched_meta_matches_cpu_on_random_batches,
             sched_meta_large_batch_uses_opt_in_smem,

@@ -1,8 +1,8 @@
 //! The command line of `flashmla`, parsed by hand (the library's users should not compile an argument
 //! parser) and checked completely before any device is opened.
 
-use flashmla::bench::Bencher;
 use flashmla::DecodeKernel;
+use flashmla_harness::bench::Bencher;
 use std::path::PathBuf;
 
 /// Exit status for a machine without a usable GPU (no driver, no device, a device older than sm_80):
