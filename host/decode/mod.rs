@@ -411,6 +411,42 @@ impl FlashMla {
         unsafe { self.launch_decode(stream, plan, &launch) }
     }
 
+    /// Fills `plan`'s split workspaces (`o_accum`, `lse_accum`) with NaN, on `stream`: a debugging aid.
+    /// The combine kernel reads only the partials the decode kernel wrote in the same call, so a decode
+    /// after this gives the same output; a partial read without being written would turn its row into
+    /// NaN. The test harness poisons every plan this way (the decode kernel writes the partials with
+    /// bulk copies, which `compute-sanitizer --tool initcheck` does not see as writes).
+    ///
+    /// ```no_run
+    /// # fn main() -> flashmla::Result<()> {
+    /// let fm = flashmla::FlashMla::new(0)?;
+    /// let stream = fm.new_stream()?;
+    /// let mut plan = fm.plan_decode(&stream, flashmla::DecodeShape::new(4, 1, 128, 1)?)?;
+    /// fm.poison_plan_workspaces(&stream, &mut plan)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn poison_plan_workspaces(
+        &self,
+        stream: &Arc<CudaStream>,
+        plan: &mut DecodePlan,
+    ) -> Result<()> {
+        self.check_stream(stream)?;
+        self.check_metadata("plan", &plan.metadata)?;
+        self.bind()?;
+        let nan = f32::NAN.to_bits();
+        for (buf, len) in [
+            (plan.addresses.o_accum, plan.o_accum.len()),
+            (plan.addresses.lse_accum, plan.lse_accum.len()),
+        ] {
+            // SAFETY: the plan's own allocation of `len` f32 in this context (checked above), ordered
+            // on `stream` like every call that uses the plan.
+            unsafe { sys::cuMemsetD32Async(buf, nan, len, stream.cu_stream()) }
+                .result()
+                .map_err(Error::cuda("cuMemsetD32Async"))?;
+        }
+        Ok(())
+    }
+
     fn validate_decode(&self, plan: &DecodePlan, a: &RawDecodeArgs) -> Result<DecodeLaunch> {
         self.check_decode_device()?;
         self.check_metadata("plan", &plan.metadata)?;
