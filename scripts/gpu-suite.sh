@@ -109,6 +109,7 @@ smoke() { # name command...: a run that needs the GPU, counted as one pass, fail
 }
 smoke "flashmla info" bash -c "cat logs/info.log; exit $info_rc"
 smoke "flashmla bench (one small shape)" bin/flashmla bench --one --b 4 --s-q 2 --s-k 300 --h-q 16 --iters 3
+smoke "flashmla bench --step (ThunderMLA's skewed batch, decode step eager and from a graph)" bin/flashmla bench --b 4 --step --iters 3
 smoke "flashmla check (corner cases)" bin/flashmla check --suite corner
 for e in examples/*; do smoke "example $(basename "$e")" "$e"; done
 if [ "${1:-}" = "--sanitize" ]; then

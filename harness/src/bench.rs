@@ -166,6 +166,9 @@ pub struct Bencher {
     pub kernel: DecodeKernel,
     /// SM parts for every decode row ([`DecodeShape::with_num_sm_parts`]); `None`: FlashMLA's formula.
     pub num_sm_parts: Option<usize>,
+    /// Also time the whole decode step (metadata + decode), eagerly and as a CUDA-graph replay
+    /// ([`BenchRow::step_us`], [`BenchRow::step_graph_us`]).
+    pub step: bool,
 }
 
 impl Bencher {
@@ -197,6 +200,7 @@ impl Bencher {
             events,
             kernel: DecodeKernel::Auto,
             num_sm_parts: None,
+            step: false,
         })
     }
 
@@ -372,6 +376,34 @@ impl Bencher {
         let (us, min_us) = self.time_us(3, || {
             fm.decode(&stream, &mut plan, &args, &mut outputs, options)
         })?;
+        let (mut step_us, mut step_graph_us) = (None, None);
+        if self.step {
+            let mut step = || -> Result<()> {
+                fm.get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())?;
+                fm.decode(&stream, &mut plan, &args, &mut outputs, options)
+            };
+            step_us = Some(self.time_us(3, &mut step)?.0);
+            // cudarc's cross-stream event tracking records events a capture cannot hold; the bench runs
+            // on one stream.
+            // SAFETY: every buffer here is used on `stream` only.
+            unsafe { fm.context().disable_event_tracking() };
+            stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(cuda("cuStreamBeginCapture"))?;
+            let captured = step();
+            let graph = stream
+                .end_capture(
+                    sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+                )
+                .map_err(cuda("cuStreamEndCapture"))?;
+            captured?;
+            if let Some(graph) = graph {
+                step_graph_us = Some(
+                    self.time_us(3, || graph.launch().map_err(cuda("cuGraphLaunch")))?
+                        .0,
+                );
+            }
+        }
         let total = case.layout.total_seqlen_k();
         let flops = flashmla_flops(s_q, total, h_q);
         let bytes = flashmla_bytes(b, s_q, h_q, shape.h_kv, total);
@@ -384,6 +416,8 @@ impl Bencher {
             min_us,
             tflops: flops / us / 1e6,
             gbps: bytes / us / 1e3,
+            step_us,
+            step_graph_us,
         })
     }
 }
@@ -444,6 +478,11 @@ pub struct BenchRow {
     pub tflops: f64,
     /// GB/s by FlashMLA's formula.
     pub gbps: f64,
+    /// Median µs of the whole decode step, metadata + decode + combine, launched eagerly
+    /// ([`Bencher::step`]).
+    pub step_us: Option<f64>,
+    /// Median µs of the same step captured once in a CUDA graph and replayed.
+    pub step_graph_us: Option<f64>,
 }
 #[cfg(test)]
 mod tests {

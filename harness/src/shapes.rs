@@ -73,7 +73,12 @@ impl BenchShape {
         if !self.varlen {
             return Some(vec![self.s_k as i32; self.b]);
         }
-        flashmla_grid_seqlens(self.b, self.s_q, self.s_k)
+        flashmla_grid_seqlens(self.b, self.s_q, self.s_k).or_else(|| {
+            SKEWED_BATCHES
+                .iter()
+                .find(|k| (k.b, k.s_q, k.mean_s_k()) == (self.b, self.s_q, self.s_k))
+                .map(|k| k.seqlens.to_vec())
+        })
     }
 }
 
@@ -98,6 +103,52 @@ pub fn flashmla_grid_seqlens(b: usize, s_q: usize, s_k: usize) -> Option<Vec<i32
             (lens.len() == b).then_some(lens)
         })
 }
+
+/// A batch whose lengths are spread far apart, benchmarked with its exact lengths.
+#[derive(Clone, Copy, Debug)]
+pub struct SkewedBatch {
+    /// Where it comes from.
+    pub origin: &'static str,
+    /// Batch.
+    pub b: usize,
+    /// Query tokens per request.
+    pub s_q: usize,
+    /// Query heads.
+    pub h_q: usize,
+    /// The KV length of each request.
+    pub seqlens: &'static [i32],
+}
+
+impl SkewedBatch {
+    /// Mean length (rounded down): the `s_k` the bench table shows and filters by.
+    pub fn mean_s_k(&self) -> usize {
+        self.seqlens.iter().map(|&l| l as usize).sum::<usize>() / self.seqlens.len()
+    }
+
+    /// As a benchmark shape (causal, h_kv = 1, varlen with [`Self::seqlens`]).
+    pub fn shape(&self) -> BenchShape {
+        BenchShape {
+            b: self.b,
+            s_q: self.s_q,
+            s_k: self.mean_s_k(),
+            h_q: self.h_q,
+            h_kv: 1,
+            varlen: true,
+            causal: true,
+            reference: None,
+        }
+    }
+}
+
+/// Skewed batches the bench runs beside FlashMLA's grid: ThunderMLA's (its blog post's H100
+/// comparison with FlashMLA: b = 4, s_q = 4, h_q = 16, one long request among short ones).
+pub const SKEWED_BATCHES: &[SkewedBatch] = &[SkewedBatch {
+    origin: "ThunderMLA",
+    b: 4,
+    s_q: 4,
+    h_q: 16,
+    seqlens: &[4641, 45118, 1730, 1696],
+}];
 
 /// The shapes of [`FLASHMLA_H200`]: FlashMLA's grid (b = 128, s_q ∈ {1, 2}, s_k ∈ {4096, 8192, 16384},
 /// h_q ∈ {16, 32, 64, 128}, varlen off/on) and five small or skewed batches.
@@ -310,6 +361,16 @@ mod tests {
             let r = s.reference.expect("every grid row has FlashMLA's times");
             assert_eq!(r.best_us, r.v1_us.min(r.v0_us), "{s:?}");
         }
+    }
+
+    #[test]
+    fn skewed_batches_run_on_their_own_lengths() {
+        for k in SKEWED_BATCHES {
+            let shape = k.shape();
+            assert_eq!(shape.seqlens().as_deref(), Some(k.seqlens), "{}", k.origin);
+            assert_eq!(k.seqlens.len(), k.b);
+        }
+        assert_eq!(SKEWED_BATCHES[0].mean_s_k(), 13296);
     }
 
     #[test]

@@ -48,6 +48,8 @@ Options (filters of FlashMLA's grid, unless --one):
                         --h-kv, --varlen, --no-causal apply) instead of filtering the grid
   --dtype <bf16|fp16>   input type [default: bf16]
   --sm-parts <N>        cut every batch into N work lists (1..=65535) instead of FlashMLA's formula
+  --step                also time the whole decode step (metadata + decode + combine), launched
+                        eagerly and replayed from a CUDA graph
   --iters <N>           timed repetitions per shape, median reported [default: 30]
   --csv <FILE>          also write the rows as CSV
   --json <FILE>         also write the rows and ceilings as JSON
@@ -145,6 +147,7 @@ pub struct BenchArgs {
     pub markdown: Option<PathBuf>,
     pub flashmla_csv: Vec<PathBuf>,
     pub sm_parts: Option<usize>,
+    pub step: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -196,6 +199,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, Stop> {
         markdown: None,
         flashmla_csv: Vec::new(),
         sm_parts: None,
+        step: false,
     };
     let mut check = CheckArgs {
         suite: Suite::All,
@@ -263,6 +267,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, Stop> {
                 )?)
             }
             (Some("bench"), "--no-causal") => bench.no_causal = true,
+            (Some("bench"), "--step") => bench.step = true,
             (Some("bench"), "--one") => bench.one = true,
             (Some("bench"), "--sm-parts") => {
                 let parts: usize = number(&flag, &value("a count")?)?;
@@ -427,6 +432,7 @@ mod tests {
     fn sm_parts_is_a_grid_z_extent() {
         assert_eq!(bench_args("bench").sm_parts, None);
         assert_eq!(bench_args("bench --sm-parts 16").sm_parts, Some(16));
+        assert!(!bench_args("bench").step && bench_args("bench --step").step);
         for bad in [
             "bench --sm-parts 0",
             "bench --sm-parts 65536",

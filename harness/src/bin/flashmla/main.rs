@@ -13,7 +13,7 @@ use flashmla::{DType, DecodeShape, Error, FlashMla, Result};
 use flashmla_harness::bench::{BenchRow, Bencher, FlashMlaTimes};
 use flashmla_harness::check::{run_case, DEFAULT_ROW_BUDGET};
 use flashmla_harness::shapes::{
-    corner_cases, flashmla_grid, flashmla_sweep, head_grid_sample, BenchShape,
+    corner_cases, flashmla_grid, flashmla_sweep, head_grid_sample, BenchShape, SKEWED_BATCHES,
 };
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -138,6 +138,7 @@ fn selected_shapes(a: &BenchArgs) -> Vec<BenchShape> {
     }
     flashmla_grid()
         .into_iter()
+        .chain(SKEWED_BATCHES.iter().map(|k| k.shape()))
         .filter(|s| a.b.is_none_or(|v| v == s.b))
         .filter(|s| a.s_q.is_none_or(|v| v == s.s_q))
         .filter(|s| a.s_k.is_none_or(|v| v == s.s_k))
@@ -189,6 +190,7 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     let mut bencher = Bencher::new(&fm, &stream, a.iters)?;
     bencher.kernel = cli.kernel.into();
     bencher.num_sm_parts = a.sm_parts;
+    bencher.step = a.step;
     eprint!("measuring ceilings (2 GiB copy, cuBLAS bf16 8192³)... ");
     let ceilings = bencher.ceilings()?;
     eprintln!("done");
@@ -294,6 +296,29 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
     for line in &summary {
         println!("{line}");
     }
+    if a.step {
+        println!(
+            "decode step (get_mla_metadata + decode + combine, L2 flushed before each), median µs:"
+        );
+        println!(
+            "{:>4} {:>3} {:>6} {:>4} {:>6} | {:>9} {:>11} {:>11}",
+            "b", "s_q", "s_k", "h_q", "varlen", "decode", "step eager", "step graph"
+        );
+        for (r, _) in &rows {
+            let s = &r.shape;
+            println!(
+                "{:>4} {:>3} {:>6} {:>4} {:>6} | {:>9.1} {:>11} {:>11}",
+                s.b,
+                s.s_q,
+                s.s_k,
+                s.h_q,
+                if s.varlen { "yes" } else { "no" },
+                r.us,
+                opt(r.step_us, 1),
+                opt(r.step_graph_us, 1),
+            );
+        }
+    }
     if let Some(path) = &a.markdown {
         let mut text = format!("{header}\n\n");
         text += "| b | s_q | s_k | h_q | varlen | parts | µs (median) | memory floor µs | compute floor µs | TFLOPS | GB/s | % copy | % matmul | FlashMLA µs (this run) | vs FlashMLA |\n";
@@ -328,11 +353,11 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
         })?;
     }
     if let Some(path) = &a.csv {
-        let mut text = String::from("b,s_q,s_k,h_q,h_kv,varlen,causal,dtype,total_seqlen_k,num_sm_parts,us_median,us_min,tflops,gbps,copy_gbps,matmul_tflops,flashmla_us,flashmla_ref_best_us,memory_floor_us,compute_floor_us\n");
+        let mut text = String::from("b,s_q,s_k,h_q,h_kv,varlen,causal,dtype,total_seqlen_k,num_sm_parts,us_median,us_min,tflops,gbps,copy_gbps,matmul_tflops,flashmla_us,flashmla_ref_best_us,memory_floor_us,compute_floor_us,step_us,step_graph_us\n");
         for (r, fl) in &rows {
             let s = &r.shape;
             text += &format!(
-                "{},{},{},{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{:.1},{:.1},{},{},{},{:.2},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{:.1},{:.1},{},{},{},{:.2},{},{},{}\n",
                 s.b,
                 s.s_q,
                 s.s_k,
@@ -354,7 +379,10 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
                     .map_or(String::new(), |f| format!("{:.1}", f.best_us)),
                 r.memory_floor_us(&ceilings),
                 r.compute_floor_us(&ceilings)
-                    .map_or(String::new(), |f| format!("{f:.2}"))
+                    .map_or(String::new(), |f| format!("{f:.2}")),
+                r.step_us.map_or(String::new(), |v| format!("{v:.2}")),
+                r.step_graph_us
+                    .map_or(String::new(), |v| format!("{v:.2}"))
             );
         }
         std::fs::write(path, text).map_err(|source| Error::Io {
@@ -368,9 +396,11 @@ fn bench(cli: &Cli, a: &BenchArgs) -> Result<ExitCode> {
             .map(|(r, fl)| {
                 let s = &r.shape;
                 format!(
-                    "{{\"b\":{},\"s_q\":{},\"s_k\":{},\"h_q\":{},\"h_kv\":{},\"varlen\":{},\"causal\":{},\"dtype\":\"{}\",\"total_seqlen_k\":{},\"num_sm_parts\":{},\"us_median\":{:.3},\"us_min\":{:.3},\"tflops\":{:.3},\"gbps\":{:.2},\"flashmla_us\":{}}}",
+                    "{{\"b\":{},\"s_q\":{},\"s_k\":{},\"h_q\":{},\"h_kv\":{},\"varlen\":{},\"causal\":{},\"dtype\":\"{}\",\"total_seqlen_k\":{},\"num_sm_parts\":{},\"us_median\":{:.3},\"us_min\":{:.3},\"tflops\":{:.3},\"gbps\":{:.2},\"flashmla_us\":{},\"step_us\":{},\"step_graph_us\":{}}}",
                     s.b, s.s_q, s.s_k, s.h_q, s.h_kv, s.varlen, s.causal, r.dtype, r.total_seqlen_k, r.num_sm_parts, r.us, r.min_us, r.tflops, r.gbps,
-                    fl.map_or("null".into(), |us| format!("{us:.2}"))
+                    fl.map_or("null".into(), |us| format!("{us:.2}")),
+                    r.step_us.map_or("null".into(), |v| format!("{v:.2}")),
+                    r.step_graph_us.map_or("null".into(), |v| format!("{v:.2}"))
                 )
             })
             .collect();
