@@ -14,6 +14,7 @@
 
 pub mod decode_config;
 pub mod fill;
+pub mod fp8;
 pub mod params;
 pub mod sched;
 pub mod sm90_config;
