@@ -95,18 +95,7 @@ impl DecodeShape {
     /// # Ok::<(), flashmla::Error>(())
     /// ```
     pub fn with_num_sm_parts(self, num_sm_parts: usize) -> Result<Self> {
-        if num_sm_parts == 0 {
-            return Err(Error::ZeroSize {
-                name: "num_sm_parts",
-            });
-        }
-        if num_sm_parts > MAX_SM_PARTS {
-            return Err(Error::Overflow {
-                what: "num_sm_parts",
-                value: num_sm_parts as u128,
-                limit: "65535 (the decode grid's z dimension)",
-            });
-        }
+        check_num_sm_parts(num_sm_parts)?;
         Ok(Self {
             sm_parts: Some(num_sm_parts as u32),
             ..self
@@ -189,8 +178,25 @@ impl Schedule {
     }
 }
 
-/// Largest number of SM parts: the decode grid's z dimension.
+/// Largest number of SM parts: the decode grid has one CTA row per part (grid z).
 const MAX_SM_PARTS: usize = 65_535;
+
+/// A number of SM parts the decode grid can have: `1..=MAX_SM_PARTS`.
+fn check_num_sm_parts(num_sm_parts: usize) -> Result<()> {
+    if num_sm_parts == 0 {
+        return Err(Error::ZeroSize {
+            name: "num_sm_parts",
+        });
+    }
+    if num_sm_parts > MAX_SM_PARTS {
+        return Err(Error::Overflow {
+            what: "num_sm_parts",
+            value: num_sm_parts as u128,
+            limit: "65535 (the decode grid's z dimension)",
+        });
+    }
+    Ok(())
+}
 
 /// Computes the schedule on the CPU, exactly as the GPU metadata kernel does.
 ///
@@ -207,19 +213,7 @@ pub fn get_mla_metadata_cpu(cache_seqlens: &[i32], num_sm_parts: usize) -> Resul
     if b == 0 {
         return Err(Error::EmptyBatch);
     }
-    if num_sm_parts == 0 {
-        return Err(Error::ZeroSize {
-            name: "num_sm_parts",
-        });
-    }
-    // The decode grid has one CTA row per part (grid z), and split counts are i32 on the device.
-    if num_sm_parts > MAX_SM_PARTS {
-        return Err(Error::Overflow {
-            what: "num_sm_parts",
-            value: num_sm_parts as u128,
-            limit: "65535 (the decode grid's z dimension)",
-        });
-    }
+    check_num_sm_parts(num_sm_parts)?;
     if b + num_sm_parts > i32::MAX as usize {
         return Err(Error::Overflow {
             what: "batch_size + num_sm_parts (split slots)",
@@ -418,18 +412,7 @@ impl FlashMla {
                 max: MAX_SCHED_BATCH,
             });
         }
-        if num_sm_parts == 0 {
-            return Err(Error::ZeroSize {
-                name: "num_sm_parts",
-            });
-        }
-        if num_sm_parts > MAX_SM_PARTS {
-            return Err(Error::Overflow {
-                what: "num_sm_parts",
-                value: num_sm_parts as u128,
-                limit: "65535 (the decode grid's z dimension)",
-            });
-        }
+        check_num_sm_parts(num_sm_parts)?;
         if tile_scheduler_metadata % 32 != 0 {
             return Err(Error::Shape {
                 name: "tile_scheduler_metadata (32-byte alignment)",

@@ -1,10 +1,26 @@
 //! Scheduler metadata: the CPU pass and the GPU kernel, skipped without a GPU. `gpu/b` times eager
-//! launches back to back (CUDA events; bound by the host's launch cost for small batches), `gpu-graph/b`
-//! the kernel alone: 64 launches captured in one CUDA graph, replayed, time per launch.
+//! launches back to back (CUDA events; the host's launch cost included), `gpu-graph/b` the kernel
+//! without it: 64 launches captured in one CUDA graph, replayed, time per launch.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use flashmla::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use flashmla::cudarc::driver::CudaStream;
 use flashmla::{get_mla_metadata_cpu, DecodeShape, FlashMla};
 use flashmla_harness::rng::SplitMix64;
 use std::time::Duration;
+
+/// GPU time of the work `queue` puts on `stream`, between two CUDA events.
+fn gpu_time(stream: &CudaStream, queue: impl FnOnce()) -> Duration {
+    let event = || {
+        stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .expect("event")
+    };
+    let start = event();
+    queue();
+    let end = event();
+    end.synchronize().expect("sync");
+    Duration::from_secs_f64(start.elapsed_ms(&end).expect("elapsed") as f64 / 1e3)
+}
 
 fn seqlens(b: usize) -> Vec<i32> {
     let mut rng = SplitMix64::new(b as u64);
@@ -31,29 +47,17 @@ fn bench(c: &mut Criterion) {
                 let mut meta = fm.alloc_sched_metadata(&stream, shape).expect("alloc");
                 group.bench_function(BenchmarkId::new("gpu", b), |bencher| {
                     bencher.iter_custom(|iters| {
-                        let start = stream
-                            .record_event(Some(
-                                flashmla::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
-                            ))
-                            .expect("event");
-                        for _ in 0..iters {
-                            fm.get_mla_metadata(&stream, &lens, &mut meta)
-                                .expect("launch");
-                        }
-                        let end = stream
-                            .record_event(Some(
-                                flashmla::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
-                            ))
-                            .expect("event");
-                        end.synchronize().expect("sync");
-                        Duration::from_secs_f64(
-                            start.elapsed_ms(&end).expect("elapsed") as f64 / 1e3,
-                        )
+                        gpu_time(&stream, || {
+                            for _ in 0..iters {
+                                fm.get_mla_metadata(&stream, &lens, &mut meta)
+                                    .expect("launch");
+                            }
+                        })
                     })
                 });
             }
-            // cudarc's cross-stream event tracking records events a capture cannot hold; everything
-            // here runs on one stream.
+            // cudarc's cross-stream event tracking records events a capture cannot hold.
+            // SAFETY: everything here runs on one stream, which orders every buffer's uses.
             unsafe { fm.context().disable_event_tracking() };
             const LAUNCHES: usize = 64;
             for b in [1usize, 128, 4096] {
@@ -61,9 +65,7 @@ fn bench(c: &mut Criterion) {
                 let shape = DecodeShape::new(b, 1, 128, 1).expect("shape");
                 let mut meta = fm.alloc_sched_metadata(&stream, shape).expect("alloc");
                 stream
-                    .begin_capture(
-                        flashmla::cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
-                    )
+                    .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                     .expect("begin capture");
                 for _ in 0..LAUNCHES {
                     fm.get_mla_metadata(&stream, &lens, &mut meta)
@@ -71,31 +73,20 @@ fn bench(c: &mut Criterion) {
                 }
                 let graph = stream
                     .end_capture(
-                        flashmla::cudarc::driver::sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+                        CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
                     )
                     .expect("end capture")
                     .expect("a graph");
                 group.bench_function(BenchmarkId::new("gpu-graph", b), |bencher| {
                     bencher.iter_custom(|iters| {
-                        let start = stream
-                            .record_event(Some(
-                                flashmla::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
-                            ))
-                            .expect("event");
-                        for _ in 0..iters.div_ceil(LAUNCHES as u64) {
-                            graph.launch().expect("replay");
-                        }
-                        let end = stream
-                            .record_event(Some(
-                                flashmla::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
-                            ))
-                            .expect("event");
-                        end.synchronize().expect("sync");
-                        let launches = iters.div_ceil(LAUNCHES as u64) * LAUNCHES as u64;
-                        Duration::from_secs_f64(
-                            start.elapsed_ms(&end).expect("elapsed") as f64 / 1e3 * iters as f64
-                                / launches as f64,
-                        )
+                        let replays = iters.div_ceil(LAUNCHES as u64);
+                        let time = gpu_time(&stream, || {
+                            for _ in 0..replays {
+                                graph.launch().expect("replay");
+                            }
+                        });
+                        // Time per launch, times the launches criterion asked for.
+                        time.mul_f64(iters as f64 / (replays * LAUNCHES as u64) as f64)
                     })
                 });
             }

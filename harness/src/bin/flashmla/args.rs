@@ -271,9 +271,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, Stop> {
             (Some("bench"), "--one") => bench.one = true,
             (Some("bench"), "--sm-parts") => {
                 let parts: usize = number(&flag, &value("a count")?)?;
-                if !(1..=65_535).contains(&parts) {
-                    return Err(usage(format!("{flag}: {parts} is not in 1..=65535")));
-                }
+                // The library's own check of a part count, before any device is opened.
+                flashmla::DecodeShape::new(1, 1, 1, 1)
+                    .and_then(|shape| shape.with_num_sm_parts(parts))
+                    .map_err(|e| usage(format!("{flag}: {e}")))?;
                 bench.sm_parts = Some(parts)
             }
             (Some("bench"), "--iters") => bench.iters = number(&flag, &value("a count")?)?,
