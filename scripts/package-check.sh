@@ -13,7 +13,13 @@ fi
 if grep -q '^flashmla-harness ' <<<"$tree"; then
   echo "package-check: the library depends on flashmla-harness (harness/ is for the tests, benches and CLI)" >&2; exit 1
 fi
-cargo package --locked -p flashmla-abi -p flashmla
+# --no-verify: cargo's own verification of a multi-package set compiles flashmla against a temporary
+# local registry under target/package and extracts that registry's crates into
+# $CARGO_HOME/registry/src/-<hash of its path>/, which it never refreshes. Where the checkout's path
+# repeats (a CI machine that keeps CARGO_HOME) it then compiles a stale flashmla-abi from an earlier
+# run. Both packaged crates are built below from their unpacked sources instead, by path (nothing
+# cached), with the stable toolchain alone: a stricter check than cargo's.
+cargo package --locked --no-verify -p flashmla-abi -p flashmla
 target_dir=$(cargo metadata --format-version 1 --no-deps --locked | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 work=$(mktemp -d)
@@ -42,6 +48,10 @@ flashmla-abi = { path = "../flashmla-abi-$version" }
 [workspace]
 EOF
 stable=$(dirname "$(rustup which --toolchain stable cargo)")
+# The packaged flashmla-abi on its own, with its own tests (what `cargo package` would have verified).
+(cd "$work/flashmla-abi-$version" && env -u RUSTUP_TOOLCHAIN -u RUSTC -u CARGO \
+   PATH="$stable:/usr/local/bin:/usr/bin:/bin" RUSTC="$stable/rustc" CARGO_TARGET_DIR="$work/target-abi" \
+   "$stable/cargo" test --release --quiet)
 (cd "$work/user" && env -u RUSTUP_TOOLCHAIN -u RUSTC -u CARGO -u FLASHMLA_BUILD_KERNELS -u FLASHMLA_PTX_DIR \
    PATH="$stable:/usr/local/bin:/usr/bin:/bin" RUSTC="$stable/rustc" CARGO_TARGET_DIR="$work/target" \
    "$stable/cargo" build --release)
