@@ -54,7 +54,7 @@ impl DecodeShape {
                 return Err(Error::ZeroSize { name });
             }
         }
-        if num_heads_q % num_heads_kv != 0 {
+        if !num_heads_q.is_multiple_of(num_heads_kv) {
             return Err(Error::HeadsNotDivisible {
                 h_q: num_heads_q,
                 h_kv: num_heads_kv,
@@ -289,9 +289,15 @@ impl SchedMetadata {
 
     /// Writable views of both buffers (`tile_scheduler_metadata`, `num_splits`), for runtimes that fill
     /// them by other means and for tests that poison them before a run. Views, not the allocations: a
-    /// [`DecodePlan`](crate::DecodePlan) keeps their addresses. The decode kernels trust the contents:
-    /// they must hold a schedule for this shape.
-    pub fn buffers_mut(&mut self) -> (CudaViewMut<'_, i32>, CudaViewMut<'_, i32>) {
+    /// [`DecodePlan`](crate::DecodePlan) keeps their addresses.
+    ///
+    /// # Safety
+    /// Before the next decode with a plan made from this metadata, both buffers must hold the schedule
+    /// of this shape for the `cache_seqlens` that decode gets, as [`FlashMla::get_mla_metadata`] writes
+    /// it (calling it afterwards restores that): the decode and combine kernels index the batch, the
+    /// block table, the outputs and the split workspaces with these contents unchecked, so anything else
+    /// makes them read and write out of bounds.
+    pub unsafe fn buffers_mut(&mut self) -> (CudaViewMut<'_, i32>, CudaViewMut<'_, i32>) {
         self.computed = true;
         (
             self.tile_scheduler_metadata.as_view_mut(),
@@ -413,7 +419,7 @@ impl FlashMla {
             });
         }
         check_num_sm_parts(num_sm_parts)?;
-        if tile_scheduler_metadata % 32 != 0 {
+        if !tile_scheduler_metadata.is_multiple_of(32) {
             return Err(Error::Shape {
                 name: "tile_scheduler_metadata (32-byte alignment)",
                 expected: vec![32],

@@ -9,7 +9,9 @@
 #                                       DIR/examples (scripts/gpu-suite.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/cuda-toolkit.sh)"
+# Not `eval "$(...)"`: that discards the script's exit status, so a failed install went on unnoticed.
+toolkit_env=$(scripts/cuda-toolkit.sh)
+eval "$toolkit_env"
 cd candle
 executables() { grep -o '"executable":"[^"]*"' | sed 's/"executable":"\(.*\)"/\1/'; }
 case "${1:-}" in

@@ -23,7 +23,7 @@ root=$(dirname "$(dirname "$nvcc")")
 
 # The stubs export the names cudarc declares (the cudarc of candle/Cargo.lock), so they link whatever
 # candle and flashmla call.
-cudarc=$(cd candle && cargo metadata --format-version 1 --locked 2>/dev/null | python3 -c '
+cudarc=$(cd candle && cargo metadata --format-version 1 --locked | python3 -c '
 import json, sys
 packages = json.load(sys.stdin)["packages"]
 print(next(p["manifest_path"] for p in packages if p["name"] == "cudarc").rsplit("/", 1)[0])')

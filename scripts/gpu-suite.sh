@@ -21,7 +21,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 candle=1
-[ "${1:-}" = "--no-candle" ] && candle=0
+for arg in "$@"; do
+  case "$arg" in
+    --no-candle) candle=0 ;;
+    *) echo "usage: scripts/gpu-suite.sh [--no-candle]" >&2; exit 2 ;;
+  esac
+done
 out=target/gpu-suite
 mkdir -p target
 stage=$(mktemp -d target/gpu-suite.new.XXXXXX)
@@ -66,6 +71,14 @@ cat > "$stage/run.sh" <<'RUNNER'
 # After a clean run (nothing failed or skipped) it prints the `validated` line to record for the PTX it
 # ran: scripts/update-ptx.sh --record '<that line>' in the repository.
 cd "$(dirname "$0")"
+sanitize=0; bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --sanitize) sanitize=1 ;;
+    --bench) bench=1 ;;
+    *) echo "usage: run.sh [--sanitize] [--bench]" >&2; exit 2 ;;
+  esac
+done
 passed=0; failed=0; skipped=0
 mkdir -p logs
 # `flashmla info` exits 69 where there is no usable GPU (no driver, no device, older than sm_80).
@@ -112,13 +125,13 @@ smoke "flashmla bench (one small shape)" bin/flashmla bench --one --b 4 --s-q 2 
 smoke "flashmla bench --step (ThunderMLA's skewed batch, decode step eager and from a graph)" bin/flashmla bench --b 4 --step --iters 3
 smoke "flashmla check (corner cases)" bin/flashmla check --suite corner
 for e in examples/*; do smoke "example $(basename "$e")" "$e"; done
-if [ "${1:-}" = "--sanitize" ]; then
+if [ "$sanitize" = 1 ]; then
   for tool in memcheck synccheck racecheck initcheck; do
     smoke "compute-sanitizer --tool $tool (check --suite corner)" \
       compute-sanitizer --tool "$tool" --error-exitcode 1 --print-limit 20 bin/flashmla check --suite corner --seed 1
   done
 fi
-if [ "${1:-}" = "--bench" ]; then
+if [ "$bench" = 1 ]; then
   for b in benches/*; do echo "=== bench $(basename "$b")"; "$b" --bench || failed=$((failed + 1)); done
 fi
 if [ "$failed" -eq 0 ] && [ "$skipped" -eq 0 ] && [ "$gpu" = 1 ]; then

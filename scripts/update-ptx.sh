@@ -19,7 +19,9 @@ die() { echo "update-ptx: $*" >&2; exit 1; }
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 # The key a GPU-suite record must start with for the carried modules.
 record_key() { echo "validated sm90a=$(sha "$dir/flashmla_sm90a.ptx" | cut -c1-16) sm80=$(sha "$dir/flashmla_sm80.ptx" | cut -c1-16)"; }
-has_record() { grep -E "^$(record_key) +gpu-suite: [0-9]+ passed, 0 failed" "$fingerprint" >/dev/null 2>&1; }
+# A record of a run that checked something and skipped nothing (run.sh prints one only then).
+record_result='gpu-suite: [1-9][0-9]* passed, 0 failed, 0 skipped'
+has_record() { grep -E "^$(record_key) +$record_result" "$fingerprint" >/dev/null 2>&1; }
 no_record_help() {
   echo "  no GPU-suite run is recorded for these modules. Build the bundle (scripts/gpu-suite.sh), run it on"
   echo "  the GPU machine (FLASHMLA_REQUIRE_GPU=1 target/gpu-suite/run.sh); after a clean run it prints a"
@@ -54,8 +56,8 @@ EOF
 case "${1:-}" in
   --record)
     line=${2:-}
-    [[ "$line" == "$(record_key) "*"gpu-suite: "*" passed, 0 failed"* ]] \
-      || die "a record must start with '$(record_key)' (the carried modules) and say 'gpu-suite: N passed, 0 failed'; got: $line"
+    [[ "$line" == "$(record_key) "* ]] && grep -qE "^$(record_key) +$record_result" <<<"$line" \
+      || die "a record must start with '$(record_key)' (the carried modules) and say 'gpu-suite: N passed, 0 failed, 0 skipped' with N > 0; got: $line"
     echo "$line" >> "$fingerprint"
     echo "recorded: $line"
     ;;

@@ -4,7 +4,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use flashmla::cudarc::driver::sys::CUevent_flags;
 use flashmla::half::bf16;
-use flashmla::{DType, DecodeShape, FlashMla, OutputBuffers};
+use flashmla::{DType, DecodeShape, OutputBuffers};
 use flashmla_harness::bench::{flashmla_bytes, flashmla_flops};
 use flashmla_harness::case::{CaseSpec, DeviceCase};
 use std::time::Duration;
@@ -19,12 +19,8 @@ const SHAPES: [(usize, usize, usize, usize, bool); 5] = [
 ];
 
 fn bench(c: &mut Criterion) {
-    let fm = match FlashMla::new(0) {
-        Ok(fm) => fm,
-        Err(e) => {
-            eprintln!("decode: skipped: {e}");
-            return;
-        }
+    let Some(fm) = flashmla_harness::bench_device("decode") else {
+        return;
     };
     let stream = fm.new_stream().expect("stream");
     let mut group = c.benchmark_group("decode_bf16");

@@ -4,7 +4,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use flashmla::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use flashmla::cudarc::driver::CudaStream;
-use flashmla::{get_mla_metadata_cpu, DecodeShape, FlashMla};
+use flashmla::{get_mla_metadata_cpu, DecodeShape};
 use flashmla_harness::rng::SplitMix64;
 use std::time::Duration;
 
@@ -37,9 +37,9 @@ fn bench(c: &mut Criterion) {
             bencher.iter(|| get_mla_metadata_cpu(lens, 66).expect("valid batch"))
         });
     }
-    match FlashMla::new(0) {
-        Err(e) => eprintln!("get_mla_metadata/gpu: skipped: {e}"),
-        Ok(fm) => {
+    match flashmla_harness::bench_device("get_mla_metadata/gpu") {
+        None => {}
+        Some(fm) => {
             let stream = fm.new_stream().expect("stream");
             for b in [1usize, 128, 4096] {
                 let lens = stream.clone_htod(&seqlens(b)).expect("upload");
@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
             }
             // cudarc's cross-stream event tracking records events a capture cannot hold.
             // SAFETY: everything here runs on one stream, which orders every buffer's uses.
-            unsafe { fm.context().disable_event_tracking() };
+            let _tracking_off = unsafe { flashmla_harness::EventTrackingOff::new(fm.context()) };
             const LAUNCHES: usize = 64;
             for b in [1usize, 128, 4096] {
                 let lens = stream.clone_htod(&seqlens(b)).expect("upload");

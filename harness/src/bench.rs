@@ -139,10 +139,16 @@ pub fn flashmla_bytes(b: usize, s_q: usize, h_q: usize, h_kv: usize, total_seqle
     elems as f64 * 2.0
 }
 
-/// Median of a list (upper median for even lengths).
+/// Median of a list: the middle value, or the mean of the two middle values for an even length (what
+/// `torch.quantile(…, 0.5)` gives, and so FlashMLA's `triton.testing.do_bench(return_mode="median")`);
+/// NaN for an empty list.
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// The roofs measured in the same run.
@@ -384,9 +390,9 @@ impl Bencher {
             };
             step_us = Some(self.time_us(3, &mut step)?.0);
             // cudarc's cross-stream event tracking records events a capture cannot hold; the bench runs
-            // on one stream.
+            // on one stream. Back on when this block ends.
             // SAFETY: every buffer here is used on `stream` only.
-            unsafe { fm.context().disable_event_tracking() };
+            let _tracking_off = unsafe { crate::EventTrackingOff::new(fm.context()) };
             stream
                 .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .map_err(cuda("cuStreamBeginCapture"))?;
@@ -488,6 +494,14 @@ pub struct BenchRow {
 mod tests {
     use super::*;
     use crate::shapes::flashmla_grid;
+
+    #[test]
+    fn median_of_odd_and_even_lengths() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [7.0]), 7.0);
+        assert!(median(&mut []).is_nan());
+    }
 
     #[test]
     fn flashmla_times_take_the_best_and_check_lengths() {

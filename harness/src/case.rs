@@ -441,12 +441,25 @@ mod tests {
         let l = CaseLayout::generate(&spec);
         let (mut a, mut b) = (Vec::new(), Vec::new());
         l.key_row(1, 0, 65, &mut a);
-        l.key_row(1, 0, 65, &mut b);
+        // A second generation of the same spec (as each GPU test run makes) gives the same layout and rows.
+        let again = CaseLayout::generate(&spec);
+        assert_eq!(again.block_table, l.block_table);
+        again.key_row(1, 0, 65, &mut b);
         assert_eq!(a, b);
+        // Token 65 of request 1 is row 1 of the page its block table names for block 1; the device fill
+        // writes element i of the [num_blocks, 64, h_kv = 1, 576] cache as fill_value(k_seed, i).
+        let page = l.block_table[l.max_blocks_per_seq + 1] as usize;
+        let row_start = (page * PAGE_BLOCK_SIZE + 1) * HEAD_DIM_K;
+        for (d, &x) in a.iter().enumerate() {
+            let cache = fill_value(l.k_seed(), (row_start + d) as u64, spec.amplitude);
+            assert_eq!(x, DType::Bf16.round(cache), "column {d}");
+        }
         assert!(a
             .iter()
             .all(|&x| x.abs() <= FLASHMLA_AMPLITUDE && DType::Bf16.round(x) == x));
         assert!(a.iter().any(|&x| x != 0.0));
-        assert_eq!(l.q_value(1, 0, 1, 5), l.q_value(1, 0, 1, 5));
+        // q[1, 0, 1, 5] of a [2, 1, 2, 576] tensor is element ((1·1 + 0)·2 + 1)·576 + 5.
+        let q = fill_value(l.q_seed(), (3 * HEAD_DIM_K + 5) as u64, spec.amplitude);
+        assert_eq!(l.q_value(1, 0, 1, 5), DType::Bf16.round(q));
     }
 }

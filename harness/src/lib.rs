@@ -33,8 +33,60 @@ pub mod rng;
 pub mod runner;
 pub mod shapes;
 
-use flashmla::cudarc::driver::DriverError;
+use flashmla::cudarc::driver::{CudaContext, DriverError};
 use flashmla::Error;
+use std::sync::Arc;
+
+/// Device 0 for a benchmark, or `None` (said on stderr) where this machine cannot run one: no driver, no
+/// device, or a GPU older than sm_80 — and `FLASHMLA_REQUIRE_GPU` is not `1`. Any other failure to open
+/// the device is a broken run, not a skipped one: it panics (criterion reports it).
+pub fn bench_device(bench: &str) -> Option<flashmla::FlashMla> {
+    match flashmla::FlashMla::new(0) {
+        Ok(fm) => Some(fm),
+        Err(e @ (Error::NoDriver | Error::NoDevice { .. } | Error::UnsupportedArch { .. }))
+            if std::env::var("FLASHMLA_REQUIRE_GPU").as_deref() != Ok("1") =>
+        {
+            eprintln!("{bench}: skipped: {e}");
+            None
+        }
+        Err(e) => panic!("{bench}: opening device 0: {e}"),
+    }
+}
+
+/// cudarc's cross-stream event tracking, off for as long as this guard lives (a CUDA-graph capture
+/// cannot hold the events it records) and back as it was when the guard drops, on every way out of the
+/// scope (an early `?` included).
+pub struct EventTrackingOff {
+    ctx: Arc<CudaContext>,
+    was_on: bool,
+}
+
+impl EventTrackingOff {
+    /// Switches event tracking off in `ctx`.
+    ///
+    /// # Safety
+    /// As cudarc's `disable_event_tracking`: buffers created while the guard lives are not tracked,
+    /// now or later, so each must be used on one stream only, or ordered between streams by the caller.
+    pub unsafe fn new(ctx: &Arc<CudaContext>) -> Self {
+        let was_on = ctx.is_event_tracking();
+        // SAFETY: forwarded to the caller.
+        unsafe { ctx.disable_event_tracking() };
+        Self {
+            ctx: ctx.clone(),
+            was_on,
+        }
+    }
+}
+
+impl Drop for EventTrackingOff {
+    fn drop(&mut self) {
+        if self.was_on {
+            // SAFETY: buffers created while tracking was off stay untracked, which `new`'s caller
+            // accepted; later ones are tracked again.
+            unsafe { self.ctx.enable_event_tracking() };
+        }
+    }
+}
 
 /// For `map_err`: a failed cudarc call `op` as flashmla's [`Error::Cuda`].
 pub(crate) fn cuda(op: &'static str) -> impl FnOnce(DriverError) -> Error {

@@ -78,5 +78,10 @@ pub fn run(suite: &str, cases: &[Case]) -> ! {
         }
     }
     println!("{suite}: {passed} passed, {failed} failed, {skipped} skipped");
+    if passed + failed + skipped == 0 {
+        // A filter that selects nothing checked nothing: not a success.
+        println!("{suite}: no case matches {filters:?}");
+        std::process::exit(1);
+    }
     std::process::exit(if failed == 0 { 0 } else { 1 });
 }

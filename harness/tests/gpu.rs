@@ -13,6 +13,7 @@ use flashmla_harness::check::{run_case, DEFAULT_ROW_BUDGET};
 use flashmla_harness::rng::SplitMix64;
 use flashmla_harness::runner::{self, check, Fail, Outcome, Skip};
 use flashmla_harness::shapes::{corner_cases, flashmla_sweep, head_grid_sample};
+use flashmla_harness::EventTrackingOff;
 use std::sync::Arc;
 
 /// The device under test, or the reason the case is skipped.
@@ -32,16 +33,35 @@ fn device() -> Result<FlashMla, Outcome> {
 
 macro_rules! gpu_case {
     ($name:ident, |$fm:ident| $body:block) => {
+        gpu_case!($name, skip_if = runs_anywhere, |$fm| $body);
+    };
+    // `skip_if(&fm)` says why the case cannot run on this device (a skip, never a pass), or None.
+    ($name:ident, skip_if = $skip_if:ident, |$fm:ident| $body:block) => {
         fn $name() -> Outcome {
             fn body($fm: FlashMla) -> Result<String, String> {
                 $body
             }
             match device() {
-                Ok(fm) => check(body(fm)),
+                Ok(fm) => match $skip_if(&fm) {
+                    Some(why) => Skip(why),
+                    None => check(body(fm)),
+                },
                 Err(outcome) => outcome,
             }
         }
     };
+}
+
+fn runs_anywhere(_: &FlashMla) -> Option<String> {
+    None
+}
+
+fn no_hopper_kernel(fm: &FlashMla) -> Option<String> {
+    (!matches!(
+        fm.resolve_kernel(DecodeKernel::Auto),
+        Ok(DecodeKernel::Hopper)
+    ))
+    .then(|| "no Hopper kernel on this device: the sweeps ran the portable one".to_string())
 }
 
 fn cuda<T>(r: Result<T, flashmla::cudarc::driver::DriverError>) -> Result<T, String> {
@@ -120,7 +140,8 @@ gpu_case!(sched_meta_matches_cpu_on_random_batches, |fm| {
             let mut meta = fm
                 .alloc_sched_metadata(&stream, shape)
                 .map_err(|e| e.to_string())?;
-            let (mut m, mut p) = meta.buffers_mut();
+            // SAFETY: get_mla_metadata overwrites both buffers right below, before anything decodes.
+            let (mut m, mut p) = unsafe { meta.buffers_mut() };
             poison(&stream, &mut m)?;
             poison(&stream, &mut p)?;
             fm.get_mla_metadata(&stream, &d_seqlens, &mut meta)
@@ -250,6 +271,7 @@ gpu_case!(sched_meta_rejects_bad_arguments_before_launch, |fm| {
         Err(Error::EmptyBatch) => {}
         other => return Err(format!("empty batch gave {other:?}")),
     }
+    // SAFETY: rejected before any pointer is used.
     match unsafe { fm.get_mla_metadata_raw(stream.cu_stream(), 0, 1, 0, 0, 0) } {
         Err(Error::ZeroSize {
             name: "num_sm_parts",
@@ -323,21 +345,19 @@ gpu_case!(decode_portable_sm80_module, |fm| {
 
 // On Hopper the sweeps above run the wgmma/TMA kernel; the portable kernel in the same module stays
 // the oracle and the fallback, so it is checked too.
-gpu_case!(decode_portable_kernel_in_sm90a_module, |fm| {
-    if !matches!(
-        fm.resolve_kernel(DecodeKernel::Auto),
-        Ok(DecodeKernel::Hopper)
-    ) {
-        return Ok("no Hopper kernel on this device: the sweeps above ran the portable one".into());
+gpu_case!(
+    decode_portable_kernel_in_sm90a_module,
+    skip_if = no_hopper_kernel,
+    |fm| {
+        let seed = seed();
+        let mut cases = corner_cases(seed);
+        cases.extend(head_grid_sample(12, seed));
+        for c in &mut cases {
+            c.kernel = DecodeKernel::Portable;
+        }
+        run_sweep(&fm, &cases)
     }
-    let seed = seed();
-    let mut cases = corner_cases(seed);
-    cases.extend(head_grid_sample(12, seed));
-    for c in &mut cases {
-        c.kernel = DecodeKernel::Portable;
-    }
-    run_sweep(&fm, &cases)
-});
+);
 
 // The kernel choice: Auto is the Hopper kernel exactly on compute capability 9.0; asking for it on a
 // handle without it is a typed error before anything runs, and nothing is written.
@@ -532,8 +552,9 @@ gpu_case!(decode_cuda_graph_capture_and_replay, |fm| {
     let mut seqlens = cuda(stream.clone_htod(&case.layout.seqlens))?;
     let short: Vec<i32> = case.layout.seqlens.iter().map(|&l| l / 2).collect();
     // cudarc's cross-stream event tracking records events that cannot be captured; the whole step runs on
-    // one stream, so switch it off for the capture.
-    unsafe { fm.context().disable_event_tracking() };
+    // one stream, so it is off for this case (back on when the guard drops, on every way out).
+    // SAFETY: every buffer created below is used on `stream` only.
+    let _tracking_off = unsafe { EventTrackingOff::new(fm.context()) };
     let run = |plan: &mut DecodePlan,
                outputs: &mut OutputBuffers<bf16>,
                seqlens: &CudaSlice<i32>|
@@ -586,7 +607,6 @@ gpu_case!(decode_cuda_graph_capture_and_replay, |fm| {
         }
         results.push(replayed.1[0]);
     }
-    unsafe { fm.context().enable_event_tracking() };
     if results[0] == results[1] {
         return Err("replay with new lengths returned the old lse: the graph did not read the updated buffer".into());
     }
@@ -621,6 +641,7 @@ gpu_case!(decode_rejects_bad_buffers_before_launch, |fm| {
         };
     // Metadata never computed.
     {
+        // SAFETY: bf16 and u16 have the same size; any bit pattern is a valid bf16.
         let out_t = unsafe { out.transmute_mut::<bf16>(2 * 16 * 512) }.ok_or("transmute")?;
         let mut outputs = DecodeOutputs {
             out: TensorViewMut::contiguous("out", out_t, [2, 1, 16, 512])
@@ -651,6 +672,7 @@ gpu_case!(decode_rejects_bad_buffers_before_launch, |fm| {
     fm.get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())
         .map_err(|e| e.to_string())?;
     {
+        // SAFETY: bf16 and u16 have the same size; any bit pattern is a valid bf16.
         let out_t = unsafe { out.transmute_mut::<bf16>(2 * 16 * 512) }.ok_or("transmute")?;
         let mut outputs = DecodeOutputs {
             out: TensorViewMut::contiguous("out", out_t, [2, 1, 16, 512])

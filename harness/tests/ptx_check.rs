@@ -78,13 +78,15 @@ fn find_ptxas() -> Result<PathBuf, String> {
     })
 }
 
+/// One entry function's line of `ptxas -v`; a field ptxas's text did not give stays `None`, and the
+/// check fails on it rather than reading a missing number as 0 spills.
 #[derive(Debug, Default)]
 struct KernelReport {
     name: String,
-    registers: u32,
-    stack_bytes: u32,
-    spill_stores: u32,
-    spill_loads: u32,
+    registers: Option<u32>,
+    stack_bytes: Option<u32>,
+    spill_stores: Option<u32>,
+    spill_loads: Option<u32>,
 }
 
 /// Parses `ptxas -v` output into one report per entry function.
@@ -92,13 +94,9 @@ fn parse(report: &str, module: &PtxModule) -> Vec<KernelReport> {
     let entries: Vec<&str> = module.kernel_names().collect();
     let mut out: Vec<KernelReport> = Vec::new();
     let mut current: Option<KernelReport> = None;
-    let number_before = |line: &str, word: &str| -> u32 {
-        let idx = line.find(word).unwrap_or(0);
-        line[..idx]
-            .split_whitespace()
-            .last()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+    let number_before = |line: &str, word: &str| -> Option<u32> {
+        let idx = line.find(word)?;
+        line[..idx].split_whitespace().last()?.parse().ok()
     };
     for line in report.lines() {
         if let Some(rest) = line.split("Function properties for ").nth(1) {
@@ -184,11 +182,25 @@ fn check_module(module: &PtxModule) -> Outcome {
     let mut summary = String::new();
     let mut bad = Vec::new();
     for k in &reports {
+        let (Some(registers), Some(stack), Some(stores), Some(loads)) =
+            (k.registers, k.stack_bytes, k.spill_stores, k.spill_loads)
+        else {
+            return Fail(format!(
+                "{}: could not read registers, stack frame and spills of {} from ptxas -v:\n{text}",
+                module.name, k.name
+            ));
+        };
+        if registers == 0 {
+            return Fail(format!(
+                "{}: ptxas reported 0 registers for {}:\n{text}",
+                module.name, k.name
+            ));
+        }
         summary += &format!(
-            "\n    {:<40} {:>3} regs, {} B stack, {} B spill stores, {} B spill loads",
-            k.name, k.registers, k.stack_bytes, k.spill_stores, k.spill_loads
+            "\n    {:<40} {registers:>3} regs, {stack} B stack, {stores} B spill stores, {loads} B spill loads",
+            k.name
         );
-        if (k.stack_bytes | k.spill_stores | k.spill_loads) != 0 {
+        if (stack | stores | loads) != 0 {
             bad.push(k.name.clone());
         }
     }
