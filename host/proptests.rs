@@ -79,7 +79,7 @@ fn shape_is_runnable(b: usize, s_q: usize, h_q: usize, h_kv: usize) -> bool {
         && s_q >= 1
         && h_q >= 1
         && h_kv >= 1
-        && h_q % h_kv == 0
+        && h_q.is_multiple_of(h_kv)
         && b as u128 * 4 + 12 * 1025 + 8 * 16 + 8 <= 227 * 1024
         && (s_q as u128) * (h_q as u128) <= i32::MAX as u128
 }
@@ -234,11 +234,11 @@ fn kernels_can_run(c: &Call) -> bool {
     let a = &c.args;
     let (q, k, bt, out, lse) = (a.q, a.k_cache, a.block_table, a.out, a.lse);
     let aligned = |ptr: u64, shape: &[usize], strides: &[usize], elem: u64, bytes: u64| {
-        ptr % bytes == 0
+        ptr.is_multiple_of(bytes)
             && shape
                 .iter()
                 .zip(strides)
-                .all(|(&d, &s)| d <= 1 || (s as u128 * elem as u128) % bytes as u128 == 0)
+                .all(|(&d, &s)| d <= 1 || (s as u128 * elem as u128).is_multiple_of(bytes as u128))
     };
     let fits_i64 = |shape: &[usize], strides: &[usize]| {
         shape
@@ -272,7 +272,7 @@ fn kernels_can_run(c: &Call) -> bool {
         && aligned(out.0, &out.1[..3], &out.2[..3], 2, 4)
         && lse.0 % 4 == 0
         && bt.0 % 4 == 0
-        && a.cache_seqlens % 4 == 0
+        && a.cache_seqlens.is_multiple_of(4)
         && fits_i64(&q.1, &q.2)
         && fits_i64(&k.1, &k.2)
         && fits_i64(&bt.1, &bt.2)

@@ -54,7 +54,7 @@ impl DecodeShape {
                 return Err(Error::ZeroSize { name });
             }
         }
-        if num_heads_q % num_heads_kv != 0 {
+        if !num_heads_q.is_multiple_of(num_heads_kv) {
             return Err(Error::HeadsNotDivisible {
                 h_q: num_heads_q,
                 h_kv: num_heads_kv,
@@ -413,7 +413,7 @@ impl FlashMla {
             });
         }
         check_num_sm_parts(num_sm_parts)?;
-        if tile_scheduler_metadata % 32 != 0 {
+        if !tile_scheduler_metadata.is_multiple_of(32) {
             return Err(Error::Shape {
                 name: "tile_scheduler_metadata (32-byte alignment)",
                 expected: vec![32],

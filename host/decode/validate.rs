@@ -294,7 +294,7 @@ fn check_aligned<const N: usize>(
     multiple: usize,
 ) -> Result<()> {
     let bytes = (elem_bytes * multiple) as u64;
-    if ptr % bytes != 0 {
+    if !ptr.is_multiple_of(bytes) {
         return Err(Error::Misaligned {
             name,
             what: "the base address (bytes)",
