@@ -6,7 +6,10 @@ use crate::{Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut};
 use flashmla_abi::params::{DecodingSchedMeta, SchedMetaParams, SCHED_META_WORDS};
 use flashmla_abi::sched::{self, sched_request_cost};
-use flashmla_abi::{sched_meta_smem_bytes, BLOCK_SIZE_M, MAX_SCHED_BATCH, SCHED_META_THREADS};
+use flashmla_abi::{
+    sched_meta_smem_bytes, BLOCK_SIZE_M, DEFAULT_DYNAMIC_SMEM_BYTES, MAX_GRID_Y_Z, MAX_SCHED_BATCH,
+    SCHED_META_THREADS,
+};
 use std::sync::Arc;
 
 /// Shape of one decode batch, as far as scheduling and the kernels' grid are concerned.
@@ -86,7 +89,7 @@ impl DecodeShape {
     /// The same shape with an explicit number of SM parts (work lists, the decode grid's z extent)
     /// instead of FlashMLA's formula: for measuring how a batch should be cut, e.g. small batches,
     /// where fewer, longer work lists write fewer partial results for the combine kernel to merge.
-    /// `1 ..= 65535` (the grid's z limit).
+    /// `1 ..= `[`MAX_GRID_Y_Z`](crate::abi::MAX_GRID_Y_Z) (65535, the grid's z limit).
     ///
     /// ```
     /// let shape = flashmla::DecodeShape::new(1, 1, 128, 1)?.with_num_sm_parts(16)?;
@@ -178,21 +181,22 @@ impl Schedule {
     }
 }
 
-/// Largest number of SM parts: the decode grid has one CTA row per part (grid z).
-const MAX_SM_PARTS: usize = 65_535;
+/// [`MAX_GRID_Y_Z`] as the `limit` of an [`Error::Overflow`] (a `&'static str`, so written out here once).
+pub(crate) const GRID_Y_Z_LIMIT: &str = "65535 (CUDA's limit of a grid's y and z)";
+const _: () = assert!(MAX_GRID_Y_Z == 65_535, "GRID_Y_Z_LIMIT names the limit");
 
-/// A number of SM parts the decode grid can have: `1..=MAX_SM_PARTS`.
+/// A number of SM parts the decode grid can have: `1..=MAX_GRID_Y_Z` (one CTA row per part, grid z).
 fn check_num_sm_parts(num_sm_parts: usize) -> Result<()> {
     if num_sm_parts == 0 {
         return Err(Error::ZeroSize {
             name: "num_sm_parts",
         });
     }
-    if num_sm_parts > MAX_SM_PARTS {
+    if num_sm_parts > MAX_GRID_Y_Z {
         return Err(Error::Overflow {
             what: "num_sm_parts",
             value: num_sm_parts as u128,
-            limit: "65535 (the decode grid's z dimension)",
+            limit: GRID_Y_Z_LIMIT,
         });
     }
     Ok(())
@@ -423,7 +427,7 @@ impl FlashMla {
         self.bind()?;
         let smem = sched_meta_smem_bytes(batch_size, num_sm_parts);
         let function = &self.inner.sched_meta;
-        if smem > 48 * 1024 {
+        if smem > DEFAULT_DYNAMIC_SMEM_BYTES {
             function
                 .set_attribute(
                     sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,

@@ -18,7 +18,7 @@ use crate::tensor::{DType, Element, TensorView, TensorViewMut};
 use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice};
 use flashmla_abi::decode_config::{smem, COMBINE_THREADS, DECODE_THREADS};
-use flashmla_abi::params::{CombineParams, DecodeParams, Sm90DecodeParams};
+use flashmla_abi::params::{CombineParams, DecodeParams, Sm90DecodeParams, TENSOR_MAP_BYTES};
 use flashmla_abi::sched::max_total_splits;
 use flashmla_abi::sm90_config::{sm90_schedule_for_rows, sm90_smem, Sm90Schedule, SM90_THREADS};
 use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V};
@@ -163,7 +163,7 @@ pub struct DecodePlan {
     pub(crate) metadata: SchedMetadata,
     pub(crate) o_accum: CudaSlice<f32>,
     pub(crate) lse_accum: CudaSlice<f32>,
-    /// One 128-byte tensor-map slot per Hopper decode CTA (sm_90a handles only).
+    /// One tensor-map slot (`TENSOR_MAP_BYTES`) per Hopper decode CTA (sm_90a handles only).
     tensor_map_slots: Option<CudaSlice<u8>>,
     addresses: PlanAddresses,
 }
@@ -248,7 +248,7 @@ impl FlashMla {
             // cuMemAlloc returns 256-byte aligned memory: every 128-byte slot is 64-byte aligned.
             Some(
                 stream
-                    .alloc_zeros::<u8>(ctas * 128)
+                    .alloc_zeros::<u8>(ctas * TENSOR_MAP_BYTES)
                     .map_err(Error::cuda("cuMemAlloc"))?,
             )
         } else {

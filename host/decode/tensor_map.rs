@@ -5,9 +5,12 @@
 use crate::tensor::DType;
 use crate::{Error, Result};
 use cudarc::driver::sys;
-use flashmla_abi::params::{DecodeParams, TensorMapBytes};
+use flashmla_abi::params::{DecodeParams, TensorMapBytes, TENSOR_MAP_BYTES};
 use flashmla_abi::sm90_config::TILE_COLS;
 use flashmla_abi::{HEAD_DIM_K, PAGE_BLOCK_SIZE};
+
+// The plan's slots and the kernel's slot arithmetic use the abi's size; the driver's type must agree.
+const _: () = assert!(std::mem::size_of::<sys::CUtensorMap>() == TENSOR_MAP_BYTES);
 
 /// Encodes the KV cache as the Hopper kernel's TMA tensor map: a 4-D tensor (576 columns, 64 tokens,
 /// h_kv, num_blocks) of 16-bit elements with the validated strides, read in 64 × 64 boxes with the

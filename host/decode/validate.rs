@@ -6,11 +6,12 @@
 //! here and property-tested in `host/proptests.rs` without a GPU.
 
 use super::{DecodeKernel, RawDecodeArgs};
+use crate::sched::GRID_Y_Z_LIMIT;
 use crate::tensor::DType;
 use crate::{DecodeShape, Error, Result};
 use flashmla_abi::decode_config::{COMBINE_WARPS, COMBINE_WARPS_PER_ROW};
 use flashmla_abi::params::{combine_tasks_per_warp, CombineParams, DecodeParams, OutputParams};
-use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};
+use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V, MAX_GRID_Y_Z, PAGE_BLOCK_SIZE};
 
 /// Launch parameters of a validated decode call.
 pub(crate) struct DecodeLaunch {
@@ -127,8 +128,8 @@ pub(crate) fn validate(
         .checked_mul(PAGE_BLOCK_SIZE)
         .filter(|&t| t <= i32::MAX as usize)
         .ok_or(Error::Overflow {
-            what: "block_table columns × 64",
-            value: bt_shape[1] as u128 * 64,
+            what: "block_table columns × PAGE_BLOCK_SIZE (tokens a row addresses)",
+            value: bt_shape[1] as u128 * PAGE_BLOCK_SIZE as u128,
             limit: "i32",
         })?;
     if let Some(seqlen) = a.options.max_seqlen_k {
@@ -147,16 +148,16 @@ pub(crate) fn validate(
     let combine_tasks = shape.num_heads_kv() * rows * COMBINE_WARPS_PER_ROW;
     let tasks_per_warp = combine_tasks_per_warp(b * combine_tasks);
     let combine_blocks = combine_tasks.div_ceil(COMBINE_WARPS as usize * tasks_per_warp);
-    // Grid y and z are limited to 65535 (h_kv is the decode grid's y, b the combine grid's y).
+    // Grid y and z are limited to MAX_GRID_Y_Z (h_kv is the decode grid's y, b the combine grid's y).
     for (what, value) in [
         ("h_kv (decode grid y)", shape.num_heads_kv()),
         ("batch size (combine grid y)", b),
     ] {
-        if value > 65_535 {
+        if value > MAX_GRID_Y_Z {
             return Err(Error::Overflow {
                 what,
                 value: value as u128,
-                limit: "65535",
+                limit: GRID_Y_Z_LIMIT,
             });
         }
     }

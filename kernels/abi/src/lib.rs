@@ -51,6 +51,12 @@ pub const FIXED_OVERHEAD_NUM_BLOCKS: i32 = 5;
 pub const SCHED_META_THREADS: u32 = 512;
 /// Largest dynamic shared memory an sm_80/sm_90 CTA can opt into, in bytes.
 pub const MAX_DYNAMIC_SMEM_BYTES: usize = 227 * 1024;
+/// Dynamic shared memory a CTA may use without opting in (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`
+/// defaults to it), in bytes: a launch that needs more must raise the kernel's attribute first.
+pub const DEFAULT_DYNAMIC_SMEM_BYTES: usize = 48 * 1024;
+/// Largest extent of a launch grid's y and z dimensions (CUDA's limit; x goes to `2^31 − 1`). The decode
+/// grid's y is `h_kv` and its z the number of SM parts; the combine grid's y is the batch.
+pub const MAX_GRID_Y_Z: usize = 65_535;
 /// Shared memory of the scheduler-metadata kernel before its arrays: one `i64` per warp (the scan's
 /// warp totals), then the number of part boundaries the serial chain recorded (8 bytes).
 pub const SCHED_META_SCRATCH_BYTES: usize = 8 * (SCHED_META_THREADS as usize / 32) + 8;

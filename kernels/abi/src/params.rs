@@ -175,6 +175,11 @@ pub struct TensorMapBytes(pub [u64; 16]);
 // SAFETY: repr(C), integers only.
 unsafe impl DeviceRecord for TensorMapBytes {}
 
+/// Bytes of one tensor-map slot of [`Sm90DecodeParams::tensor_map_slots`]: one `CUtensorMap`. The host
+/// allocates `CTAs × TENSOR_MAP_BYTES` and each Hopper decode CTA finds its slot at `cta × TENSOR_MAP_BYTES`.
+pub const TENSOR_MAP_BYTES: usize = core::mem::size_of::<TensorMapBytes>();
+const _: () = assert!(TENSOR_MAP_BYTES == 128, "a CUtensorMap is 128 bytes");
+
 /// Parameters of the Hopper split-KV decode kernels: the common record plus the KV cache's tensor map.
 ///
 /// A tensor map must live in global, constant or kernel-parameter memory when TMA reads it, and Rust
@@ -189,7 +194,8 @@ pub struct Sm90DecodeParams {
     /// `k_cache` as a 4-D tensor `(576 columns, 64 tokens, h_kv, num_blocks)`, box 64 × 64, 128-byte
     /// swizzle, zero fill outside the cache.
     pub k_tensor_map: TensorMapBytes,
-    /// Device address of `grid size × 128` bytes, 64-byte aligned: one tensor-map slot per CTA.
+    /// Device address of `grid size × TENSOR_MAP_BYTES` bytes, 64-byte aligned: one tensor-map slot
+    /// per CTA.
     pub tensor_map_slots: u64,
 }
 
