@@ -9,8 +9,10 @@ use super::{DecodeKernel, RawDecodeArgs};
 use crate::sched::GRID_Y_Z_LIMIT;
 use crate::tensor::DType;
 use crate::{DecodeShape, Error, Result};
-use flashmla_abi::decode_config::{COMBINE_WARPS, COMBINE_WARPS_PER_ROW};
-use flashmla_abi::params::{combine_tasks_per_warp, CombineParams, DecodeParams, OutputParams};
+use flashmla_abi::decode_config::COMBINE_WARPS_PER_ROW;
+use flashmla_abi::params::{
+    combine_grid_x, combine_tasks_per_warp, CombineParams, DecodeParams, OutputParams,
+};
 use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V, MAX_GRID_Y_Z, PAGE_BLOCK_SIZE};
 
 /// Launch parameters of a validated decode call.
@@ -147,25 +149,15 @@ pub(crate) fn validate(
     let rows = shape.q_seq_per_hk();
     let combine_tasks = shape.num_heads_kv() * rows * COMBINE_WARPS_PER_ROW;
     let tasks_per_warp = combine_tasks_per_warp(b * combine_tasks);
-    let combine_blocks = combine_tasks.div_ceil(COMBINE_WARPS as usize * tasks_per_warp);
-    // Grid y and z are limited to MAX_GRID_Y_Z (h_kv is the decode grid's y, b the combine grid's y).
-    for (what, value) in [
-        ("h_kv (decode grid y)", shape.num_heads_kv()),
-        ("batch size (combine grid y)", b),
-    ] {
-        if value > MAX_GRID_Y_Z {
-            return Err(Error::Overflow {
-                what,
-                value: value as u128,
-                limit: GRID_Y_Z_LIMIT,
-            });
-        }
-    }
-    if combine_blocks > i32::MAX as usize {
+    // No check of the combine grid: its x is at most COMBINE_TARGET_CTAS and its y (b) at most
+    // MAX_SCHED_BATCH, both within CUDA's limits by the abi's compile-time asserts. The decode grid's x
+    // (64-row tiles of s_q · h_q < 2^31 rows) is within limits too; its y (h_kv) is not bounded by the shape.
+    let combine_blocks = combine_grid_x(combine_tasks, b);
+    if shape.num_heads_kv() > MAX_GRID_Y_Z {
         return Err(Error::Overflow {
-            what: "h_kv · s_q · h_q / h_kv / 2 (combine grid x)",
-            value: combine_blocks as u128,
-            limit: "2^31 - 1",
+            what: "h_kv (the decode grid's y)",
+            value: shape.num_heads_kv() as u128,
+            limit: GRID_Y_Z_LIMIT,
         });
     }
     let causal = a.options.causal && s_q > 1;
@@ -674,6 +666,29 @@ mod tests {
             l.combine_grid,
             ((8192 * 128 * 4 / (8 * per_warp)) as u32, 1, 1)
         );
+    }
+
+    #[test]
+    fn kv_heads_beyond_the_decode_grid_y_are_refused() {
+        let h = MAX_GRID_Y_Z + 1;
+        let shape = DecodeShape::new(1, 1, h, h).unwrap();
+        let mut a = good();
+        a.q.1 = [1, 1, h, HEAD_DIM_K];
+        a.q.2 = contiguous(a.q.1);
+        a.k_cache.1[2] = h;
+        a.k_cache.2 = contiguous(a.k_cache.1);
+        a.block_table.1[0] = 1;
+        a.out.1 = [1, 1, h, HEAD_DIM_V];
+        a.out.2 = contiguous(a.out.1);
+        a.lse.1 = [1, h, 1];
+        a.lse.2 = contiguous(a.lse.1);
+        match validate(&shape, 1, true, &a) {
+            Err(Error::Overflow { what, value, .. }) => {
+                assert!(what.starts_with("h_kv"));
+                assert_eq!(value, h as u128);
+            }
+            other => panic!("{:?}", other.err()),
+        }
     }
 
     #[test]

@@ -249,6 +249,27 @@ pub const fn combine_tasks_per_warp(tasks: usize) -> usize {
     }
 }
 
+/// The combine grid's x extent for `tasks` (row, column quarter) tasks per request in a batch of
+/// `batch_size`: CTAs of `COMBINE_WARPS` warps, each warp taking
+/// [`combine_tasks_per_warp`]`(batch_size · tasks)` tasks.
+///
+/// Never above [`COMBINE_TARGET_CTAS`], whatever the shape: with `W = COMBINE_WARPS` and
+/// `C = COMBINE_TARGET_CTAS`, a warp takes `p ≥ batch_size · tasks / (C · W) ≥ tasks / (C · W)` tasks
+/// (for `batch_size ≥ 1`), so the grid has `⌈tasks / (W · p)⌉ ≤ ⌈C⌉ = C` CTAs. (A saturated product
+/// only makes `p` larger.) So the host need not check the grid's x limit; the asserts below hold the
+/// constants to it.
+pub const fn combine_grid_x(tasks: usize, batch_size: usize) -> usize {
+    let per_warp = combine_tasks_per_warp(batch_size.saturating_mul(tasks));
+    tasks.div_ceil(crate::decode_config::COMBINE_WARPS as usize * per_warp)
+}
+const _: () = assert!(COMBINE_TARGET_CTAS <= crate::MAX_GRID_X);
+// The largest task count a decode shape makes (s_q · h_q < 2^31 rows, 4 tasks each), alone and in the
+// largest batch.
+const _: () = assert!(
+    combine_grid_x(4 * i32::MAX as usize, 1) <= COMBINE_TARGET_CTAS
+        && combine_grid_x(4 * i32::MAX as usize, crate::MAX_SCHED_BATCH) <= COMBINE_TARGET_CTAS
+);
+
 /// Where the final results go: `out [b, s_q, h_q, 512]` (q's dtype, last dimension contiguous) and
 /// `lse [b, h_q, s_q]` (`f32`, natural log), with element strides. Written by the decode kernel for
 /// unsplit requests and by the combine kernel for split ones; both address them through this record.
