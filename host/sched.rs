@@ -257,6 +257,8 @@ pub struct SchedMetadata {
     pub(crate) shape: DecodeShape,
     pub(crate) num_sm_parts: usize,
     pub(crate) cu_ctx: usize,
+    /// Device ordinal of that context, for the error when another context's handle is given it.
+    pub(crate) ordinal: usize,
     /// Whether a schedule was ever written (decoding with uninitialised metadata would read garbage).
     pub(crate) computed: bool,
 }
@@ -324,6 +326,46 @@ impl SchedMetadata {
     }
 }
 
+/// The checks of [`FlashMla::get_mla_metadata_raw`]'s arguments that need no device: the batch and part
+/// counts the kernel takes, and the alignment of its `i32` loads and stores and of its 32-byte records.
+fn check_sched_meta_args(
+    cache_seqlens: sys::CUdeviceptr,
+    batch_size: usize,
+    tile_scheduler_metadata: sys::CUdeviceptr,
+    num_splits: sys::CUdeviceptr,
+    num_sm_parts: usize,
+) -> Result<()> {
+    if batch_size == 0 {
+        return Err(Error::EmptyBatch);
+    }
+    if batch_size > MAX_SCHED_BATCH {
+        return Err(Error::BatchTooLarge {
+            batch_size,
+            max: MAX_SCHED_BATCH,
+        });
+    }
+    check_num_sm_parts(num_sm_parts)?;
+    for (name, ptr, multiple) in [
+        ("cache_seqlens", cache_seqlens, 4),
+        (
+            "tile_scheduler_metadata",
+            tile_scheduler_metadata,
+            std::mem::align_of::<DecodingSchedMeta>(),
+        ),
+        ("num_splits", num_splits, 4),
+    ] {
+        if !ptr.is_multiple_of(multiple as u64) {
+            return Err(Error::Misaligned {
+                name,
+                what: "the base address (bytes)",
+                multiple,
+                value: ptr,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl FlashMla {
     /// Allocates metadata buffers for `shape` on this device (uninitialised until
     /// [`get_mla_metadata`](Self::get_mla_metadata) runs).
@@ -346,6 +388,7 @@ impl FlashMla {
             shape,
             num_sm_parts,
             cu_ctx: self.context().cu_ctx() as usize,
+            ordinal: self.device_info().ordinal,
             computed: false,
         })
     }
@@ -393,6 +436,8 @@ impl FlashMla {
     /// [`get_mla_metadata`](Self::get_mla_metadata) on raw device pointers, for runtimes that manage
     /// their own memory and streams.
     ///
+    /// The sizes and alignments are checked (a misaligned pointer is [`Error::Misaligned`]).
+    ///
     /// # Safety
     /// `cache_seqlens` must point to `batch_size` `i32`s, `tile_scheduler_metadata` to
     /// `num_sm_parts · 8` `i32`s (32-byte aligned) and `num_splits` to `batch_size + 1` `i32`s, all in this
@@ -407,23 +452,13 @@ impl FlashMla {
         num_splits: sys::CUdeviceptr,
         num_sm_parts: usize,
     ) -> Result<()> {
-        if batch_size == 0 {
-            return Err(Error::EmptyBatch);
-        }
-        if batch_size > MAX_SCHED_BATCH {
-            return Err(Error::BatchTooLarge {
-                batch_size,
-                max: MAX_SCHED_BATCH,
-            });
-        }
-        check_num_sm_parts(num_sm_parts)?;
-        if !tile_scheduler_metadata.is_multiple_of(32) {
-            return Err(Error::Shape {
-                name: "tile_scheduler_metadata (32-byte alignment)",
-                expected: vec![32],
-                got: vec![(tile_scheduler_metadata % 32) as usize],
-            });
-        }
+        check_sched_meta_args(
+            cache_seqlens,
+            batch_size,
+            tile_scheduler_metadata,
+            num_splits,
+            num_sm_parts,
+        )?;
         self.bind()?;
         let smem = sched_meta_smem_bytes(batch_size, num_sm_parts);
         let function = &self.inner.sched_meta;
@@ -450,5 +485,47 @@ impl FlashMla {
         };
         // SAFETY: the kernel takes one SchedMetaParams; the caller vouches for the pointers and stream.
         unsafe { launch::launch(function.cu_function(), stream, &config, &params) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALIGNED: u64 = 0x7000_0000;
+
+    #[test]
+    fn raw_metadata_arguments_are_checked() {
+        assert!(check_sched_meta_args(ALIGNED, 4, ALIGNED, ALIGNED, 8).is_ok());
+        assert!(matches!(
+            check_sched_meta_args(ALIGNED, 0, ALIGNED, ALIGNED, 8),
+            Err(Error::EmptyBatch)
+        ));
+        assert!(matches!(
+            check_sched_meta_args(ALIGNED, MAX_SCHED_BATCH + 1, ALIGNED, ALIGNED, 8),
+            Err(Error::BatchTooLarge { .. })
+        ));
+        assert!(matches!(
+            check_sched_meta_args(ALIGNED, 4, ALIGNED, ALIGNED, 0),
+            Err(Error::ZeroSize { .. })
+        ));
+        for (name, args, multiple) in [
+            ("cache_seqlens", (ALIGNED + 2, ALIGNED, ALIGNED), 4),
+            (
+                "tile_scheduler_metadata",
+                (ALIGNED, ALIGNED + 16, ALIGNED),
+                32,
+            ),
+            ("num_splits", (ALIGNED, ALIGNED, ALIGNED + 1), 4),
+        ] {
+            match check_sched_meta_args(args.0, 4, args.1, args.2, 8) {
+                Err(Error::Misaligned {
+                    name: n,
+                    multiple: m,
+                    ..
+                }) => assert_eq!((n, m), (name, multiple)),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
     }
 }

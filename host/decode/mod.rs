@@ -215,6 +215,21 @@ impl DecodePlan {
     }
 }
 
+/// Rows (`lse_accum`) and elements (`o_accum`, `HEAD_DIM_V` per row) of the split workspaces: one row
+/// per split slot, KV head and query row of a KV head.
+fn split_workspace_len(splits: usize, shape: DecodeShape) -> Result<(usize, usize)> {
+    let rows = splits as u128 * shape.num_heads_kv() as u128 * shape.q_seq_per_hk() as u128;
+    let elements = rows * HEAD_DIM_V as u128;
+    match (usize::try_from(rows), usize::try_from(elements)) {
+        (Ok(rows), Ok(elements)) => Ok((rows, elements)),
+        _ => Err(Error::Overflow {
+            what: "split workspace (split slots · h_kv · s_q·h_q/h_kv · 512 f32)",
+            value: elements,
+            limit: "usize",
+        }),
+    }
+}
+
 impl FlashMla {
     /// Allocates the metadata and split workspaces for `shape` on this device.
     ///
@@ -230,18 +245,11 @@ impl FlashMla {
         self.check_decode_device()?;
         let metadata = self.alloc_sched_metadata(stream, shape)?;
         let splits = max_total_splits(shape.batch_size(), metadata.num_sm_parts());
-        let rows = splits
-            .checked_mul(shape.num_heads_kv())
-            .and_then(|v| v.checked_mul(shape.q_seq_per_hk()))
-            .ok_or(Error::Overflow {
-                what: "split workspace rows",
-                value: u128::MAX,
-                limit: "usize",
-            })?;
+        let (rows, o_accum_len) = split_workspace_len(splits, shape)?;
         // SAFETY: f32 has no invalid bit patterns; the decode kernel writes every slot it schedules
         // before the combine kernel reads it.
         let o_accum =
-            unsafe { stream.alloc::<f32>(rows * HEAD_DIM_V) }.map_err(Error::cuda("cuMemAlloc"))?;
+            unsafe { stream.alloc::<f32>(o_accum_len) }.map_err(Error::cuda("cuMemAlloc"))?;
         let lse_accum = unsafe { stream.alloc::<f32>(rows) }.map_err(Error::cuda("cuMemAlloc"))?;
         let tensor_map_slots = if self.inner.decode_sm90.is_some() {
             let ctas = shape.num_m_blocks() * shape.num_heads_kv() * metadata.num_sm_parts();
@@ -555,6 +563,27 @@ impl FlashMla {
         unsafe {
             launch::launch(decode_fn.cu_function(), stream, &decode_config, &decode)?;
             launch::launch(combine_fn.cu_function(), stream, &combine_config, &combine)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_workspace_sizes() {
+        let shape = DecodeShape::new(4, 2, 16, 2).unwrap();
+        // 8 · 2 KV heads · 16 rows each.
+        assert_eq!(
+            split_workspace_len(8, shape).unwrap(),
+            (256, 256 * HEAD_DIM_V)
+        );
+        match split_workspace_len(usize::MAX, shape) {
+            Err(Error::Overflow { value, .. }) => {
+                assert_eq!(value, usize::MAX as u128 * 32 * HEAD_DIM_V as u128)
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -299,7 +299,7 @@ fn check_aligned<const N: usize>(
         if s % multiple != 0 {
             return Err(Error::Misaligned {
                 name,
-                what: "every leading stride",
+                what: "every leading stride (elements)",
                 multiple,
                 value: s as u64,
             });
