@@ -104,13 +104,16 @@ pub struct OutputBuffers<T> {
 }
 
 impl<T: Element> OutputBuffers<T> {
-    /// Allocates (uninitialised) outputs for `[b, s_q, h_q]`: a decode writes every element.
+    /// Allocates zeroed outputs for `[b, s_q, h_q]`. Zeroed because the fields are public: the buffers
+    /// may be read before (or without) a decode writing them.
     pub fn alloc(stream: &Arc<CudaStream>, [b, s_q, h_q]: [usize; 3]) -> Result<Self> {
-        // SAFETY: plain data, written by the decode or combine kernel before anything reads it.
-        let out = unsafe { stream.alloc::<T>(b * s_q * h_q * HEAD_DIM_V) }
+        let (lse_len, out_len) = output_lens([b, s_q, h_q])?;
+        let out = stream
+            .alloc_zeros::<T>(out_len)
             .map_err(Error::cuda("cuMemAlloc"))?;
-        let lse =
-            unsafe { stream.alloc::<f32>(b * h_q * s_q) }.map_err(Error::cuda("cuMemAlloc"))?;
+        let lse = stream
+            .alloc_zeros::<f32>(lse_len)
+            .map_err(Error::cuda("cuMemAlloc"))?;
         Ok(Self {
             out,
             lse,
@@ -130,6 +133,22 @@ impl<T: Element> OutputBuffers<T> {
             lse: TensorViewMut::contiguous("lse", self.lse.as_view_mut(), [b, h_q, s_q])?,
         })
     }
+}
+
+/// Elements of `lse [b, h_q, s_q]` and `out [b, s_q, h_q, HEAD_DIM_V]`.
+fn output_lens([b, s_q, h_q]: [usize; 3]) -> Result<(usize, usize)> {
+    // Each step multiplies a usize by a usize, so its exact value fits the error's u128.
+    let mul = |what: &'static str, x: usize, y: usize| {
+        x.checked_mul(y).ok_or(Error::Overflow {
+            what,
+            value: x as u128 * y as u128,
+            limit: "usize",
+        })
+    };
+    let rows = mul("b · s_q", b, s_q)?;
+    let rows = mul("b · s_q · h_q (lse elements)", rows, h_q)?;
+    let elements = mul("b · s_q · h_q · 512 (out elements)", rows, HEAD_DIM_V)?;
+    Ok((rows, elements))
 }
 
 /// Raw decode arguments for runtimes that own their memory: device pointers, shapes and strides in
@@ -570,6 +589,26 @@ impl FlashMla {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_sizes() {
+        assert_eq!(output_lens([2, 3, 4]).unwrap(), (24, 24 * HEAD_DIM_V));
+        // b · s_q · h_q fits in usize, times 512 does not: an error, not a panic or a wrapped size.
+        let h = 1usize << 60;
+        match output_lens([1, 1, h]) {
+            Err(Error::Overflow { value, .. }) => assert_eq!(value, h as u128 * 512),
+            other => panic!("{other:?}"),
+        }
+        match output_lens([usize::MAX, usize::MAX, usize::MAX]) {
+            Err(Error::Overflow { what, value, .. }) => {
+                assert_eq!(
+                    (what, value),
+                    ("b · s_q", usize::MAX as u128 * usize::MAX as u128)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn split_workspace_sizes() {
