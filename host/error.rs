@@ -186,6 +186,18 @@ pub enum Error {
         /// The offending value, in the unit `what` names.
         value: u64,
     },
+    /// An output view in which two indices address the same element: the kernels writing them would race.
+    #[error("{name}: shape {shape:?} with strides {strides:?} makes two indices address one element (the stride of dimension {dim} does not step past what the dimensions with smaller strides span); an output must not overlap itself")]
+    OverlappingOutput {
+        /// The argument.
+        name: &'static str,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Its strides, in elements.
+        strides: Vec<usize>,
+        /// The first dimension (in stride order) whose stride is too small.
+        dim: usize,
+    },
     /// The plan (metadata and workspaces) was made for another batch shape.
     #[error("the decode plan was made for {planned:?}, but the inputs have {got:?}")]
     PlanMismatch {

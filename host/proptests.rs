@@ -3,7 +3,7 @@
 //! kernels' side, independently of the checks' code), and the CPU scheduler keeps the invariants the
 //! decode and combine kernels rely on.
 
-use crate::decode::{validate, DecodeKernel, DecodeOptions, RawDecodeArgs};
+use crate::decode::{check_no_self_overlap, validate, DecodeKernel, DecodeOptions, RawDecodeArgs};
 use crate::tensor::DType;
 use crate::{get_mla_metadata_cpu, DecodeShape, Error};
 use flashmla_abi::sched::{max_total_splits, part_range};
@@ -223,10 +223,33 @@ fn max_offset<const N: usize>(shape: [usize; N], strides: [usize; N]) -> Option<
     })
 }
 
+/// Whether a view's dimensions nest: in some order, each dimension of extent > 1 has a stride beyond the
+/// largest offset the ones before it reach. (Enumerates the orders, unlike the check, which sorts.) Then
+/// no two indices share an element, so the kernels' writes through it cannot race.
+fn dims_nest<const N: usize>(shape: [usize; N], strides: [usize; N]) -> bool {
+    fn try_order(rest: &[(usize, usize)], reach: u128) -> bool {
+        rest.is_empty()
+            || (0..rest.len()).any(|i| {
+                let (extent, stride) = rest[i];
+                let mut others = rest.to_vec();
+                others.remove(i);
+                stride as u128 > reach
+                    && try_order(&others, reach + (extent as u128 - 1) * stride as u128)
+            })
+    }
+    let dims: Vec<(usize, usize)> = shape
+        .into_iter()
+        .zip(strides)
+        .filter(|&(extent, _)| extent > 1)
+        .collect();
+    try_order(&dims, 0)
+}
+
 /// Whether the kernels can run `c`, stated from their side: the inputs have the plan's shape and
 /// FlashMLA's head dims and page size; rows are contiguous; every row a kernel loads with 16-byte
 /// `cp.async`/TMA (q, k) or stores in 4-byte pairs (out) starts aligned, counting only the strides a
-/// non-zero index multiplies; every offset fits the kernels' i64 arithmetic and every count their i32
+/// non-zero index multiplies; no two indices of `out` or of `lse` share an element (their dimensions
+/// nest, [`dims_nest`]); every offset fits the kernels' i64 arithmetic and every count their i32
 /// arithmetic and the decode grid's y limit (the combine grid is within CUDA's limits for every
 /// shape: compile-time asserts in the abi); the scale is finite and the metadata was computed.
 fn kernels_can_run(c: &Call) -> bool {
@@ -269,6 +292,8 @@ fn kernels_can_run(c: &Call) -> bool {
         && aligned(k.0, &k.1[..3], &k.2[..3], 2, 16)
         && aligned(out.0, &out.1[..3], &out.2[..3], 2, 4)
         && lse.0 % 4 == 0
+        && dims_nest(out.1, out.2)
+        && dims_nest(lse.1, lse.2)
         && bt.0 % 4 == 0
         && a.cache_seqlens.is_multiple_of(4)
         && fits_i64(&q.1, &q.2)
@@ -301,6 +326,35 @@ fn decode_validation_accepts_exactly_what_the_kernels_run() {
             prop_assert_eq!(launch.decode_params().q_batch_stride, expected);
         }
         Ok(result.is_ok())
+    });
+}
+
+/// The overlap check never accepts an output view on which two indices share an element: checked by
+/// listing every offset of small views.
+#[test]
+fn the_overlap_check_accepts_only_views_without_shared_elements() {
+    let extent = prop_oneof![1 => Just(1usize), 3 => 2usize..5];
+    let stride =
+        prop_oneof![1 => Just(0usize), 4 => 1usize..40, 1 => (1usize..4).prop_map(|k| k * 16)];
+    let views = (
+        proptest::array::uniform3(extent),
+        proptest::array::uniform3(stride),
+    );
+    check_both_sides(4000, 400, views, |(shape, strides)| {
+        let accepted = check_no_self_overlap("v", shape, strides).is_ok();
+        let mut offsets = Vec::new();
+        for i in 0..shape[0] {
+            for j in 0..shape[1] {
+                for k in 0..shape[2] {
+                    offsets.push(i * strides[0] + j * strides[1] + k * strides[2]);
+                }
+            }
+        }
+        offsets.sort_unstable();
+        let disjoint = offsets.windows(2).all(|w| w[0] != w[1]);
+        prop_assert!(!accepted || disjoint, "{:?} {:?} accepted", shape, strides);
+        prop_assert_eq!(accepted, dims_nest(shape, strides));
+        Ok(accepted)
     });
 }
 

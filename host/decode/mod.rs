@@ -9,6 +9,8 @@
 mod tensor_map;
 mod validate;
 
+#[cfg(test)]
+pub(crate) use validate::check_no_self_overlap;
 pub(crate) use validate::{validate, DecodeLaunch};
 
 use crate::launch::{self, LaunchConfig};

@@ -1,6 +1,6 @@
 //! Every check of a decode call that needs no device, turned into a typed [`Error`]: shapes against
-//! the plan, head dims, page size, contiguity, alignment, the scale, and sizes against the kernels'
-//! 32-bit arithmetic and grid limits. What passes becomes the launch parameters ([`DecodeLaunch`]).
+//! the plan, head dims, page size, contiguity, alignment, outputs that overlap themselves, the scale,
+//! and sizes against the kernels' 32-bit arithmetic and grid limits. What passes becomes the launch parameters ([`DecodeLaunch`]).
 //!
 //! Pure functions of the arguments (pointers are compared, never dereferenced), so they are unit-tested
 //! here and property-tested in `host/proptests.rs` without a GPU.
@@ -120,6 +120,9 @@ pub(crate) fn validate(
     check_aligned("k_cache", k_ptr, k_strides, 2, 8)?;
     check_aligned("out", out_ptr, out_strides, 2, 2)?;
     check_aligned("lse", lse_ptr, [0, 1], 4, 1)?;
+    // Different threads write different indices: two indices on one element would race.
+    check_no_self_overlap("out", out_shape, a.out.2)?;
+    check_no_self_overlap("lse", lse_shape, a.lse.2)?;
     check_aligned("block_table", bt_ptr, [0, 1], 4, 1)?;
     check_aligned("cache_seqlens", a.cache_seqlens, [0, 1], 4, 1)?;
     let scale = a.options.scale();
@@ -274,6 +277,35 @@ fn check_last_contiguous<const N: usize>(name: &'static str, strides: [usize; N]
             name,
             stride: strides[N - 1],
         });
+    }
+    Ok(())
+}
+
+/// No two indices of the view `name` address one element. Sorted by stride, every dimension of extent > 1
+/// must step past all that the dimensions with smaller strides span: `stride ≥ 1 + Σ (extent − 1) · stride`
+/// over them (ties count as smaller, so two dimensions with one stride fail). Dimensions of extent 1
+/// have one index and take no part. Sufficient, not necessary: an interleaving that happens not to
+/// collide (shape `[3, 2]`, strides `[2, 3]`) is refused too, which no framework's tensors need.
+pub(crate) fn check_no_self_overlap<const N: usize>(
+    name: &'static str,
+    shape: [usize; N],
+    strides: [usize; N],
+) -> Result<()> {
+    let mut dims: Vec<usize> = (0..N).filter(|&d| shape[d] > 1).collect();
+    dims.sort_by_key(|&d| strides[d]);
+    // Largest offset the dimensions checked so far reach. No overflow: a dimension is added only when its
+    // stride (< 2^64) exceeds the span, and its term (extent − 1) · stride is below 2^128 − 2^65.
+    let mut span: u128 = 0;
+    for d in dims {
+        if strides[d] as u128 <= span {
+            return Err(Error::OverlappingOutput {
+                name,
+                shape: shape.to_vec(),
+                strides: strides.to_vec(),
+                dim: d,
+            });
+        }
+        span += (shape[d] as u128 - 1) * strides[d] as u128;
     }
     Ok(())
 }
@@ -635,6 +667,72 @@ mod tests {
         },
         Error::Overflow { .. }
     );
+
+    rejects!(
+        out_heads_on_one_row,
+        |a| {
+            a.out.2[2] = 0;
+        },
+        Error::OverlappingOutput {
+            name: "out",
+            dim: 2,
+            ..
+        }
+    );
+    rejects!(
+        out_heads_overlapping_rows,
+        |a| {
+            // 256 apart, but a row is 512 wide.
+            a.out.2[2] = 256;
+        },
+        Error::OverlappingOutput { name: "out", .. }
+    );
+    rejects!(
+        out_tokens_on_the_heads,
+        |a| {
+            a.out.2[1] = a.out.2[2];
+        },
+        Error::OverlappingOutput { name: "out", .. }
+    );
+    rejects!(
+        lse_broadcast,
+        |a| {
+            a.lse.2 = [0, 0, 0];
+        },
+        Error::OverlappingOutput { name: "lse", .. }
+    );
+    rejects!(
+        lse_batches_on_one_block,
+        |a| {
+            a.lse.2[0] = 0;
+        },
+        Error::OverlappingOutput {
+            name: "lse",
+            dim: 0,
+            ..
+        }
+    );
+
+    #[test]
+    fn overlap_check() {
+        // Row-major, padded, permuted: disjoint.
+        assert!(check_no_self_overlap("v", [4, 3, 5], [15, 5, 1]).is_ok());
+        assert!(check_no_self_overlap("v", [4, 3, 5], [40, 8, 1]).is_ok());
+        assert!(check_no_self_overlap("v", [4, 3, 5], [1, 20, 4]).is_ok());
+        // Extent-1 dimensions have one index: any stride, even 0 or a repeated one.
+        assert!(check_no_self_overlap("v", [1, 3, 1], [0, 1, 1]).is_ok());
+        // A zero stride, equal strides, a stride inside the span of the smaller ones.
+        assert!(check_no_self_overlap("v", [2, 3], [0, 1]).is_err());
+        assert!(check_no_self_overlap("v", [2, 2], [1, 1]).is_err());
+        assert!(check_no_self_overlap("v", [2, 3], [2, 1]).is_err());
+        // The largest extents and strides neither overflow nor wrap around to look disjoint.
+        let m = usize::MAX;
+        assert!(check_no_self_overlap("v", [m, m, m], [1, m, m]).is_err());
+        assert!(check_no_self_overlap("v", [m, 2], [1, m]).is_ok());
+        // The rule is sufficient, not necessary: this interleaving is disjoint (0, 3, 2, 5, 4, 7) but
+        // refused.
+        assert!(check_no_self_overlap("v", [3, 2], [2, 3]).is_err());
+    }
 
     #[test]
     fn metadata_must_be_computed() {
