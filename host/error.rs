@@ -198,6 +198,24 @@ pub enum Error {
         /// The first dimension (in stride order) whose stride is too small.
         dim: usize,
     },
+    /// [`DecodeKernel::Hopper`](crate::DecodeKernel::Hopper) was asked for, but a `k_cache` stride breaks
+    /// a rule of the Hopper kernel's TMA descriptor (`cuTensorMapEncodeTiled`). With
+    /// [`DecodeKernel::Auto`](crate::DecodeKernel::Auto) such a view runs the portable kernel.
+    #[error("{name}: the Hopper kernel reads it with TMA, whose strides must be {rule}, but dimension {dim} has stride {stride} (elements); DecodeKernel::Auto runs the portable kernel on such a view")]
+    TmaStride {
+        /// The argument.
+        name: &'static str,
+        /// The dimension whose stride breaks the rule.
+        dim: usize,
+        /// Its stride, in elements.
+        stride: usize,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// [`DecodeKernel::Hopper`](crate::DecodeKernel::Hopper) was asked for with a plan made by a handle
+    /// without the Hopper kernels, which has no tensor-map slots for them.
+    #[error("the Hopper decode kernel needs the plan's tensor-map slots, but this plan was made by a FlashMla handle without the Hopper kernels (e.g. the sm_80 module forced), which gives it none: make the plan with this handle, or use DecodeKernel::Auto, which runs the portable kernel with it")]
+    PlanWithoutTensorMaps,
     /// The plan (metadata and workspaces) was made for another batch shape.
     #[error("the decode plan was made for {planned:?}, but the inputs have {got:?}")]
     PlanMismatch {

@@ -3,7 +3,10 @@
 //! kernels' side, independently of the checks' code), and the CPU scheduler keeps the invariants the
 //! decode and combine kernels rely on.
 
-use crate::decode::{check_no_self_overlap, validate, DecodeKernel, DecodeOptions, RawDecodeArgs};
+use crate::decode::{
+    check_no_self_overlap, validate, Available, DecodeKernel, DecodeOptions, LaunchKernel,
+    RawDecodeArgs,
+};
 use crate::tensor::DType;
 use crate::{get_mla_metadata_cpu, DecodeShape, Error};
 use flashmla_abi::sched::{max_total_splits, part_range};
@@ -115,6 +118,7 @@ struct Call {
     plan: (usize, usize, usize, usize),
     args: RawDecodeArgs,
     metadata_computed: bool,
+    available: Available,
 }
 
 fn dims4(b: usize, s_q: usize, h: usize, d: usize) -> impl Strategy<Value = [usize; 4]> {
@@ -176,11 +180,29 @@ fn call() -> impl Strategy<Value = Call> {
                 any::<bool>(),
                 prop_oneof![2 => Just(None), 2 => (0usize..cols * 64 + 2).prop_map(Some)],
             );
-            (q, k, out, bt, lse, options, prop::bool::weighted(0.97), any::<bool>(), 0u8..40)
-                .prop_flat_map(move |(q, k, out, bt, lse, options, computed, bf16, plan_edit)| {
+            // The kernel asked for, what the handle and plan have (mostly an sm_90a handle and its own
+            // plan), and k_cache strides at TMA's edges: 0, 2^40 bytes, just below.
+            let kernel = (
+                prop_oneof![Just(DecodeKernel::Auto), Just(DecodeKernel::Hopper), Just(DecodeKernel::Portable)],
+                prop::bool::weighted(0.8),
+                prop::bool::weighted(0.9),
+                0u8..12,
+                0usize..3,
+            );
+            (q, k, out, bt, lse, options, prop::bool::weighted(0.97), any::<bool>(), 0u8..40, kernel)
+                .prop_flat_map(move |(q, k, out, bt, lse, options, computed, bf16, plan_edit, kernel)| {
+                    let (kernel, hopper, plan_tensor_map_slots, k_edit, k_dim) = kernel;
                     (
                         strides(q),
-                        strides(k),
+                        strides(k).prop_map(move |mut ks| {
+                            match k_edit {
+                                0 => ks[k_dim] = 0,
+                                1 => ks[k_dim] = 1 << 39,
+                                2 => ks[k_dim] = (1 << 39) - 8,
+                                _ => {}
+                            }
+                            ks
+                        }),
                         strides(out),
                         strides(bt),
                         strides(lse),
@@ -205,10 +227,15 @@ fn call() -> impl Strategy<Value = Call> {
                                         softmax_scale: options.0,
                                         causal: options.1,
                                         max_seqlen_k: options.2,
-                                        kernel: DecodeKernel::Auto,
+                                        kernel,
                                     },
                                 },
                                 metadata_computed: computed,
+                                available: Available {
+                                    module: "test",
+                                    hopper,
+                                    plan_tensor_map_slots,
+                                },
                             }
                         })
                 })
@@ -243,6 +270,23 @@ fn dims_nest<const N: usize>(shape: [usize; N], strides: [usize; N]) -> bool {
         .filter(|&(extent, _)| extent > 1)
         .collect();
     try_order(&dims, 0)
+}
+
+/// The byte strides (tokens, heads, pages) TMA reads `k_cache` with, if `cuTensorMapEncodeTiled`'s
+/// documented rules take them: multiples of 16 bytes, below 2^40 bytes, and non-zero (a dimension of
+/// extent 1 is never stepped along, so it gets any valid value: 16).
+fn tma_strides(k: ([usize; 4], [usize; 4])) -> Option<[u64; 3]> {
+    let bytes = |d: usize| {
+        let b = k.1[d] as u128 * 2;
+        if k.0[d] == 1 {
+            Some(16)
+        } else if b > 0 && b < 1 << 40 && b.is_multiple_of(16) {
+            Some(b as u64)
+        } else {
+            None
+        }
+    };
+    Some([bytes(1)?, bytes(2)?, bytes(0)?])
 }
 
 /// Whether the kernels can run `c`, stated from their side: the inputs have the plan's shape and
@@ -304,6 +348,10 @@ fn kernels_can_run(c: &Call) -> bool {
         && a.options.scale().is_finite()
         && h_kv <= MAX_GRID_Y_Z
         && c.metadata_computed
+        && (a.options.kernel != DecodeKernel::Hopper
+            || (c.available.hopper
+                && c.available.plan_tensor_map_slots
+                && tma_strides((k.1, k.2)).is_some()))
 }
 
 #[test]
@@ -311,7 +359,7 @@ fn decode_validation_accepts_exactly_what_the_kernels_run() {
     check_both_sides(4000, 400, call(), |c| {
         let (b, s_q, h_q, h_kv) = c.plan;
         let plan = DecodeShape::new(b, s_q, h_q, h_kv).expect("generated plans are valid");
-        let result = validate(&plan, 66, c.metadata_computed, &c.args);
+        let result = validate(&plan, 66, c.metadata_computed, c.available, &c.args);
         prop_assert_eq!(
             result.is_ok(),
             kernels_can_run(&c),
@@ -324,6 +372,19 @@ fn decode_validation_accepts_exactly_what_the_kernels_run() {
             let q = c.args.q;
             let expected = if q.1[0] > 1 { q.2[0] as i64 } else { 0 };
             prop_assert_eq!(launch.decode_params().q_batch_stride, expected);
+            // Auto runs the Hopper kernel wherever it can, the portable one elsewhere.
+            let k = c.args.k_cache;
+            let hopper = match c.args.options.kernel {
+                DecodeKernel::Portable => None,
+                DecodeKernel::Hopper => tma_strides((k.1, k.2)),
+                DecodeKernel::Auto => tma_strides((k.1, k.2))
+                    .filter(|_| c.available.hopper && c.available.plan_tensor_map_slots),
+            };
+            let expected = match hopper {
+                Some(k_strides) => LaunchKernel::Hopper { k_strides },
+                None => LaunchKernel::Portable,
+            };
+            prop_assert_eq!(launch.kernel(), expected);
         }
         Ok(result.is_ok())
     });

@@ -11,7 +11,7 @@ mod validate;
 
 #[cfg(test)]
 pub(crate) use validate::check_no_self_overlap;
-pub(crate) use validate::{validate, DecodeLaunch};
+pub(crate) use validate::{validate, Available, DecodeLaunch, LaunchKernel};
 
 use crate::launch::{self, LaunchConfig};
 use crate::ptx::PtxArch;
@@ -45,12 +45,17 @@ pub struct DecodeOptions {
 /// the portable one stays available on Hopper as a cross-check and a baseline.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum DecodeKernel {
-    /// The Hopper kernel on compute capability 9.0 devices, the portable kernel elsewhere.
+    /// The Hopper kernel on compute capability 9.0 devices, the portable kernel elsewhere. Also the
+    /// portable kernel for a call the Hopper kernel cannot take: a `k_cache` view whose strides TMA
+    /// cannot describe (a zero stride over more than one index, or one of 2^40 bytes or more), or a
+    /// plan made by a handle without the Hopper kernels (it has no tensor-map slots).
     #[default]
     Auto,
     /// The wgmma + TMA kernels: the seesaw schedule (`kernels/src/decode_sm90.rs`) above 64 query rows
     /// per KV head, the single-softmax schedule (`kernels/src/decode_sm90_single.rs`) up to 64
-    /// ([`flashmla_abi::sm90_config::sm90_schedule_for_rows`]); an error on devices without them.
+    /// ([`flashmla_abi::sm90_config::sm90_schedule_for_rows`]); an error on devices without them
+    /// ([`Error::KernelUnavailable`]), with a plan made without them ([`Error::PlanWithoutTensorMaps`])
+    /// and for a `k_cache` view TMA cannot read ([`Error::TmaStride`]), raised before anything runs.
     Hopper,
     /// The `mma.sync` + `cp.async` kernel (`kernels/src/portable.rs`), any sm_80+ device.
     Portable,
@@ -303,7 +308,9 @@ impl FlashMla {
 
     /// The kernel `kernel` stands for on this handle: [`DecodeKernel::Auto`] resolves to
     /// [`DecodeKernel::Hopper`] where the sm_90a module is loaded, else [`DecodeKernel::Portable`];
-    /// asking for the Hopper kernel where there is none is [`Error::KernelUnavailable`].
+    /// asking for the Hopper kernel where there is none is [`Error::KernelUnavailable`]. A decode call
+    /// with `Auto` on a handle with the Hopper kernels still runs the portable kernel where the Hopper
+    /// one cannot take its arguments (see [`DecodeKernel::Auto`]).
     ///
     /// ```no_run
     /// # fn main() -> flashmla::Result<()> {
@@ -479,10 +486,16 @@ impl FlashMla {
     fn validate_decode(&self, plan: &DecodePlan, a: &RawDecodeArgs) -> Result<DecodeLaunch> {
         self.check_decode_device()?;
         self.check_metadata("plan", &plan.metadata)?;
+        let available = Available {
+            module: self.inner.ptx.name,
+            hopper: self.inner.decode_sm90.is_some(),
+            plan_tensor_map_slots: plan.addresses.tensor_map_slots != 0,
+        };
         validate(
             plan.shape(),
             plan.metadata.num_sm_parts(),
             plan.metadata.computed,
+            available,
             a,
         )
     }
@@ -499,10 +512,6 @@ impl FlashMla {
     ) -> Result<()> {
         self.bind()?;
         let inner = &self.inner;
-        let hopper = match self.resolve_kernel(launch.kernel)? {
-            DecodeKernel::Hopper => inner.decode_sm90.as_ref(),
-            _ => None,
-        };
         let combine_fn = match launch.dtype {
             DType::Bf16 => &inner.combine_bf16,
             DType::F16 => &inner.combine_f16,
@@ -536,16 +545,20 @@ impl FlashMla {
             dynamic_smem_bytes: 0,
             programmatic_serialization: pdl,
         };
-        if let Some(kernels) = hopper {
-            if tensor_map_slots == 0 {
-                // A plan made by a handle without the Hopper kernels (e.g. the sm_80 module forced).
+        if let LaunchKernel::Hopper { k_strides } = launch.kernel {
+            // Validation chose the Hopper kernel only with this handle's kernels and this plan's slots;
+            // checked again because a launch without slots would write tensor maps through address 0.
+            let Some(kernels) = inner.decode_sm90.as_ref() else {
                 return Err(Error::KernelUnavailable {
                     module: inner.ptx.name,
                 });
+            };
+            if tensor_map_slots == 0 {
+                return Err(Error::PlanWithoutTensorMaps);
             }
             let params = Sm90DecodeParams {
                 common: decode,
-                k_tensor_map: encode_kv_tensor_map(&decode, launch.dtype)?,
+                k_tensor_map: encode_kv_tensor_map(&decode, k_strides, launch.dtype)?,
                 tensor_map_slots,
             };
             let (bf16_fn, f16_fn) =
