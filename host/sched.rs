@@ -202,7 +202,10 @@ fn check_num_sm_parts(num_sm_parts: usize) -> Result<()> {
     Ok(())
 }
 
-/// Computes the schedule on the CPU, exactly as the GPU metadata kernel does.
+/// Computes the schedule on the CPU with the GPU metadata kernel's code
+/// (`flashmla_abi::sched::schedule`), so for the same lengths and parts both give the same schedule.
+/// One difference: a negative length is an error here ([`Error::NegativeSeqlen`]), where the GPU
+/// kernel, which cannot report it, counts it as 0 (an empty request).
 ///
 /// ```
 /// use flashmla::get_mla_metadata_cpu;
@@ -493,6 +496,16 @@ mod tests {
     use super::*;
 
     const ALIGNED: u64 = 0x7000_0000;
+
+    #[test]
+    fn the_cpu_schedule_refuses_negative_lengths_the_gpu_counts_as_empty() {
+        match get_mla_metadata_cpu(&[100, -3, 5], 4) {
+            Err(Error::NegativeSeqlen { index, value }) => assert_eq!((index, value), (1, -3)),
+            other => panic!("{other:?}"),
+        }
+        // What the GPU kernel computes for those lengths: the schedule of an empty request.
+        assert!(get_mla_metadata_cpu(&[100, 0, 5], 4).is_ok());
+    }
 
     #[test]
     fn raw_metadata_arguments_are_checked() {
