@@ -8,16 +8,21 @@
 //! Only `flashmla` is a dependency: `flashmla::cudarc` and `flashmla::half` are the versions it is built
 //! against. Without a GPU it prints `Error: no CUDA driver: ...` and exits with status 1.
 use flashmla::abi::fill::fill_value;
+// q/k rows of 576 columns (512 latent + 64 RoPE), V the first 512 of each K row, 64 tokens per page.
+use flashmla::abi::{HEAD_DIM_K as D_K, HEAD_DIM_V as D_V, PAGE_BLOCK_SIZE as PAGE};
 use flashmla::half::bf16;
 use flashmla::{
     DecodeArgs, DecodeOptions, DecodeOutputs, DecodeShape, FlashMla, TensorView, TensorViewMut,
 };
 
-const D_K: usize = 576; // q/k row: 512 latent + 64 RoPE columns
-const D_V: usize = 512; // V is the first 512 columns of each K row
-const PAGE: usize = 64; // tokens per KV-cache page
+// What flashmla's test harness uses too (its FLASHMLA_AMPLITUDE, OUT_TOLERANCE and LSE_TOLERANCE; a
+// test there keeps these equal), written out so that the example depends on `flashmla` alone.
 /// Inputs uniform in [-a, a): standard deviation 0.1, as in FlashMLA's tests.
 const AMPLITUDE: f32 = 0.173_205_08;
+/// FlashMLA's tolerances (abs, rel, cos) for out.
+const OUT_TOLERANCE: (f64, f64, f64) = (8e-4, 2.01 / 128.0, 5e-6);
+/// FlashMLA's tolerances (abs, rel, cos) for lse.
+const LSE_TOLERANCE: (f64, f64, f64) = (1e-6, 8.01 / 65536.0, 1e-7);
 
 fn main() -> flashmla::Result<()> {
     // Two requests, two new tokens each (MTP), 16 query heads sharing one latent KV head.
@@ -125,9 +130,8 @@ fn main() -> flashmla::Result<()> {
             }
         }
     }
-    // FlashMLA's tolerances (abs, rel, cos) for out and lse.
-    let out_cmp = Comparison::of(&got_out, &ref_out, (8e-4, 2.01 / 128.0, 5e-6));
-    let lse_cmp = Comparison::of(&got_lse, &ref_lse, (1e-6, 8.01 / 65536.0, 1e-7));
+    let out_cmp = Comparison::of(&got_out, &ref_out, OUT_TOLERANCE);
+    let lse_cmp = Comparison::of(&got_lse, &ref_lse, LSE_TOLERANCE);
     println!(
         "{} on {}: out max |err| {:.2e} (cos diff {:.1e}), lse max |err| {:.2e} vs the f64 reference",
         fm.resolve_kernel(options.kernel)?,

@@ -47,10 +47,10 @@ impl FlashMla {
         metadata: &SchedMetadata,
     ) -> Result<()> {
         if metadata.cu_ctx != self.context().cu_ctx() as usize {
-            return Err(Error::WrongDevice {
+            return Err(Error::ForeignPlan {
                 name,
-                expected: self.device_info().ordinal,
-                got: usize::MAX,
+                made_on: metadata.ordinal,
+                device: self.device_info().ordinal,
             });
         }
         Ok(())

@@ -95,6 +95,28 @@ pub enum Error {
         /// The buffer's device ordinal.
         got: usize,
     },
+    /// A plan or scheduler metadata made by a handle of another CUDA context: its buffers belong to that
+    /// context, so this handle cannot use them.
+    #[error("{name} was made by a FlashMla handle of another CUDA context (on device {made_on}); this handle's context is on device {device}: make plans and metadata with the handle that uses them")]
+    ForeignPlan {
+        /// `"plan"` or `"metadata"`.
+        name: &'static str,
+        /// Device ordinal of the context that made it.
+        made_on: usize,
+        /// This handle's device ordinal.
+        device: usize,
+    },
+    /// A view whose last element's offset (`Σ (extent − 1) · stride`) does not fit in `usize`: no
+    /// buffer holds it.
+    #[error("{name}: a view of shape {shape:?} with strides {strides:?} reaches past the largest addressable element (its offsets do not fit in usize)")]
+    ViewTooLarge {
+        /// The argument.
+        name: &'static str,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Its strides, in elements.
+        strides: Vec<usize>,
+    },
     /// Sizes whose element offsets do not fit the kernels' index arithmetic.
     #[error("{what} is too large: {value} does not fit in {limit}")]
     Overflow {
@@ -152,17 +174,48 @@ pub enum Error {
         stride: usize,
     },
     /// A pointer or stride is not aligned as the kernels' vector accesses need.
-    #[error("{name}: {what} must be a multiple of {multiple} elements, got {value}")]
+    #[error("{name}: {what} must be a multiple of {multiple}, got {value}")]
     Misaligned {
         /// The argument.
         name: &'static str,
-        /// Which pointer or stride.
+        /// Which pointer or stride, and its unit: "the base address (bytes)" or "every leading stride
+        /// (elements)".
         what: &'static str,
-        /// Required multiple, in elements.
+        /// Required multiple, in the unit `what` names.
         multiple: usize,
-        /// The offending value, in elements (for pointers: the byte address).
+        /// The offending value, in the unit `what` names.
         value: u64,
     },
+    /// An output view in which two indices address the same element: the kernels writing them would race.
+    #[error("{name}: shape {shape:?} with strides {strides:?} makes two indices address one element (the stride of dimension {dim} does not step past what the dimensions with smaller strides span); an output must not overlap itself")]
+    OverlappingOutput {
+        /// The argument.
+        name: &'static str,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Its strides, in elements.
+        strides: Vec<usize>,
+        /// The first dimension (in stride order) whose stride is too small.
+        dim: usize,
+    },
+    /// [`DecodeKernel::Hopper`](crate::DecodeKernel::Hopper) was asked for, but a `k_cache` stride breaks
+    /// a rule of the Hopper kernel's TMA descriptor (`cuTensorMapEncodeTiled`). With
+    /// [`DecodeKernel::Auto`](crate::DecodeKernel::Auto) such a view runs the portable kernel.
+    #[error("{name}: the Hopper kernel reads it with TMA, whose strides must be {rule}, but dimension {dim} has stride {stride} (elements); DecodeKernel::Auto runs the portable kernel on such a view")]
+    TmaStride {
+        /// The argument.
+        name: &'static str,
+        /// The dimension whose stride breaks the rule.
+        dim: usize,
+        /// Its stride, in elements.
+        stride: usize,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// [`DecodeKernel::Hopper`](crate::DecodeKernel::Hopper) was asked for with a plan made by a handle
+    /// without the Hopper kernels, which has no tensor-map slots for them.
+    #[error("the Hopper decode kernel needs the plan's tensor-map slots, but this plan was made by a FlashMla handle without the Hopper kernels (e.g. the sm_80 module forced), which gives it none: make the plan with this handle, or use DecodeKernel::Auto, which runs the portable kernel with it")]
+    PlanWithoutTensorMaps,
     /// The plan (metadata and workspaces) was made for another batch shape.
     #[error("the decode plan was made for {planned:?}, but the inputs have {got:?}")]
     PlanMismatch {
@@ -275,6 +328,30 @@ mod tests {
         assert_eq!(
             format!("{e:?}"),
             "num_heads_q (12) must be a multiple of num_heads_kv (5)"
+        );
+    }
+
+    #[test]
+    fn messages_name_what_is_wrong() {
+        let e = Error::ForeignPlan {
+            name: "plan",
+            made_on: 1,
+            device: 0,
+        };
+        assert_eq!(
+            e.to_string(),
+            "plan was made by a FlashMla handle of another CUDA context (on device 1); this handle's \
+             context is on device 0: make plans and metadata with the handle that uses them"
+        );
+        let e = Error::Misaligned {
+            name: "tile_scheduler_metadata",
+            what: "the base address (bytes)",
+            multiple: 32,
+            value: 0x1004,
+        };
+        assert_eq!(
+            e.to_string(),
+            "tile_scheduler_metadata: the base address (bytes) must be a multiple of 32, got 4100"
         );
     }
 

@@ -3,12 +3,14 @@
 //! kernels' side, independently of the checks' code), and the CPU scheduler keeps the invariants the
 //! decode and combine kernels rely on.
 
-use crate::decode::{validate, DecodeKernel, DecodeOptions, RawDecodeArgs};
+use crate::decode::{
+    check_no_self_overlap, validate, Available, DecodeKernel, DecodeOptions, LaunchKernel,
+    RawDecodeArgs,
+};
 use crate::tensor::DType;
 use crate::{get_mla_metadata_cpu, DecodeShape, Error};
-use flashmla_abi::params::combine_tasks_per_warp;
 use flashmla_abi::sched::{max_total_splits, part_range};
-use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V, MAX_SCHED_BATCH, PAGE_BLOCK_SIZE};
+use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V, MAX_GRID_Y_Z, MAX_SCHED_BATCH, PAGE_BLOCK_SIZE};
 use proptest::prelude::*;
 
 /// Runs `property` on `cases` inputs drawn from `strategy` (on a thread with the stack that nested
@@ -116,6 +118,7 @@ struct Call {
     plan: (usize, usize, usize, usize),
     args: RawDecodeArgs,
     metadata_computed: bool,
+    available: Available,
 }
 
 fn dims4(b: usize, s_q: usize, h: usize, d: usize) -> impl Strategy<Value = [usize; 4]> {
@@ -177,11 +180,29 @@ fn call() -> impl Strategy<Value = Call> {
                 any::<bool>(),
                 prop_oneof![2 => Just(None), 2 => (0usize..cols * 64 + 2).prop_map(Some)],
             );
-            (q, k, out, bt, lse, options, prop::bool::weighted(0.97), any::<bool>(), 0u8..40)
-                .prop_flat_map(move |(q, k, out, bt, lse, options, computed, bf16, plan_edit)| {
+            // The kernel asked for, what the handle and plan have (mostly an sm_90a handle and its own
+            // plan), and k_cache strides at TMA's edges: 0, 2^40 bytes, just below.
+            let kernel = (
+                prop_oneof![Just(DecodeKernel::Auto), Just(DecodeKernel::Hopper), Just(DecodeKernel::Portable)],
+                prop::bool::weighted(0.8),
+                prop::bool::weighted(0.9),
+                0u8..12,
+                0usize..3,
+            );
+            (q, k, out, bt, lse, options, prop::bool::weighted(0.97), any::<bool>(), 0u8..40, kernel)
+                .prop_flat_map(move |(q, k, out, bt, lse, options, computed, bf16, plan_edit, kernel)| {
+                    let (kernel, hopper, plan_tensor_map_slots, k_edit, k_dim) = kernel;
                     (
                         strides(q),
-                        strides(k),
+                        strides(k).prop_map(move |mut ks| {
+                            match k_edit {
+                                0 => ks[k_dim] = 0,
+                                1 => ks[k_dim] = 1 << 39,
+                                2 => ks[k_dim] = (1 << 39) - 8,
+                                _ => {}
+                            }
+                            ks
+                        }),
                         strides(out),
                         strides(bt),
                         strides(lse),
@@ -206,10 +227,15 @@ fn call() -> impl Strategy<Value = Call> {
                                         softmax_scale: options.0,
                                         causal: options.1,
                                         max_seqlen_k: options.2,
-                                        kernel: DecodeKernel::Auto,
+                                        kernel,
                                     },
                                 },
                                 metadata_computed: computed,
+                                available: Available {
+                                    module: "test",
+                                    hopper,
+                                    plan_tensor_map_slots,
+                                },
                             }
                         })
                 })
@@ -224,11 +250,52 @@ fn max_offset<const N: usize>(shape: [usize; N], strides: [usize; N]) -> Option<
     })
 }
 
+/// Whether a view's dimensions nest: in some order, each dimension of extent > 1 has a stride beyond the
+/// largest offset the ones before it reach. (Enumerates the orders, unlike the check, which sorts.) Then
+/// no two indices share an element, so the kernels' writes through it cannot race.
+fn dims_nest<const N: usize>(shape: [usize; N], strides: [usize; N]) -> bool {
+    fn try_order(rest: &[(usize, usize)], reach: u128) -> bool {
+        rest.is_empty()
+            || (0..rest.len()).any(|i| {
+                let (extent, stride) = rest[i];
+                let mut others = rest.to_vec();
+                others.remove(i);
+                stride as u128 > reach
+                    && try_order(&others, reach + (extent as u128 - 1) * stride as u128)
+            })
+    }
+    let dims: Vec<(usize, usize)> = shape
+        .into_iter()
+        .zip(strides)
+        .filter(|&(extent, _)| extent > 1)
+        .collect();
+    try_order(&dims, 0)
+}
+
+/// The byte strides (tokens, heads, pages) TMA reads `k_cache` with, if `cuTensorMapEncodeTiled`'s
+/// documented rules take them: multiples of 16 bytes, below 2^40 bytes, and non-zero (a dimension of
+/// extent 1 is never stepped along, so it gets any valid value: 16).
+fn tma_strides(k: ([usize; 4], [usize; 4])) -> Option<[u64; 3]> {
+    let bytes = |d: usize| {
+        let b = k.1[d] as u128 * 2;
+        if k.0[d] == 1 {
+            Some(16)
+        } else if b > 0 && b < 1 << 40 && b.is_multiple_of(16) {
+            Some(b as u64)
+        } else {
+            None
+        }
+    };
+    Some([bytes(1)?, bytes(2)?, bytes(0)?])
+}
+
 /// Whether the kernels can run `c`, stated from their side: the inputs have the plan's shape and
 /// FlashMLA's head dims and page size; rows are contiguous; every row a kernel loads with 16-byte
 /// `cp.async`/TMA (q, k) or stores in 4-byte pairs (out) starts aligned, counting only the strides a
-/// non-zero index multiplies; every offset fits the kernels' i64 arithmetic and every count their i32
-/// arithmetic and grid limits; the scale is finite and the metadata was computed.
+/// non-zero index multiplies; no two indices of `out` or of `lse` share an element (their dimensions
+/// nest, [`dims_nest`]); every offset fits the kernels' i64 arithmetic and every count their i32
+/// arithmetic and the decode grid's y limit (the combine grid is within CUDA's limits for every
+/// shape: compile-time asserts in the abi); the scale is finite and the metadata was computed.
 fn kernels_can_run(c: &Call) -> bool {
     let (b, s_q, h_q, h_kv) = c.plan;
     let a = &c.args;
@@ -246,8 +313,6 @@ fn kernels_can_run(c: &Call) -> bool {
             .zip(strides)
             .all(|(&d, &s)| d <= 1 || s as u128 <= i64::MAX as u128)
     };
-    let rows = s_q * (h_q / h_kv);
-    let combine_ctas = (h_kv * rows * 4).div_ceil(8 * combine_tasks_per_warp(b * h_kv * rows * 4));
     let table_tokens = bt.1[1] as u128 * 64;
     q.1 == [b, s_q, h_q, HEAD_DIM_K]
         && k.1[1] == PAGE_BLOCK_SIZE
@@ -271,6 +336,8 @@ fn kernels_can_run(c: &Call) -> bool {
         && aligned(k.0, &k.1[..3], &k.2[..3], 2, 16)
         && aligned(out.0, &out.1[..3], &out.2[..3], 2, 4)
         && lse.0 % 4 == 0
+        && dims_nest(out.1, out.2)
+        && dims_nest(lse.1, lse.2)
         && bt.0 % 4 == 0
         && a.cache_seqlens.is_multiple_of(4)
         && fits_i64(&q.1, &q.2)
@@ -279,10 +346,12 @@ fn kernels_can_run(c: &Call) -> bool {
         && fits_i64(&out.1, &out.2)
         && fits_i64(&lse.1, &lse.2)
         && a.options.scale().is_finite()
-        && h_kv <= 65_535
-        && b <= 65_535
-        && combine_ctas <= i32::MAX as usize
+        && h_kv <= MAX_GRID_Y_Z
         && c.metadata_computed
+        && (a.options.kernel != DecodeKernel::Hopper
+            || (c.available.hopper
+                && c.available.plan_tensor_map_slots
+                && tma_strides((k.1, k.2)).is_some()))
 }
 
 #[test]
@@ -290,7 +359,7 @@ fn decode_validation_accepts_exactly_what_the_kernels_run() {
     check_both_sides(4000, 400, call(), |c| {
         let (b, s_q, h_q, h_kv) = c.plan;
         let plan = DecodeShape::new(b, s_q, h_q, h_kv).expect("generated plans are valid");
-        let result = validate(&plan, 66, c.metadata_computed, &c.args);
+        let result = validate(&plan, 66, c.metadata_computed, c.available, &c.args);
         prop_assert_eq!(
             result.is_ok(),
             kernels_can_run(&c),
@@ -303,8 +372,50 @@ fn decode_validation_accepts_exactly_what_the_kernels_run() {
             let q = c.args.q;
             let expected = if q.1[0] > 1 { q.2[0] as i64 } else { 0 };
             prop_assert_eq!(launch.decode_params().q_batch_stride, expected);
+            // Auto runs the Hopper kernel wherever it can, the portable one elsewhere.
+            let k = c.args.k_cache;
+            let hopper = match c.args.options.kernel {
+                DecodeKernel::Portable => None,
+                DecodeKernel::Hopper => tma_strides((k.1, k.2)),
+                DecodeKernel::Auto => tma_strides((k.1, k.2))
+                    .filter(|_| c.available.hopper && c.available.plan_tensor_map_slots),
+            };
+            let expected = match hopper {
+                Some(k_strides) => LaunchKernel::Hopper { k_strides },
+                None => LaunchKernel::Portable,
+            };
+            prop_assert_eq!(launch.kernel(), expected);
         }
         Ok(result.is_ok())
+    });
+}
+
+/// The overlap check never accepts an output view on which two indices share an element: checked by
+/// listing every offset of small views.
+#[test]
+fn the_overlap_check_accepts_only_views_without_shared_elements() {
+    let extent = prop_oneof![1 => Just(1usize), 3 => 2usize..5];
+    let stride =
+        prop_oneof![1 => Just(0usize), 4 => 1usize..40, 1 => (1usize..4).prop_map(|k| k * 16)];
+    let views = (
+        proptest::array::uniform3(extent),
+        proptest::array::uniform3(stride),
+    );
+    check_both_sides(4000, 400, views, |(shape, strides)| {
+        let accepted = check_no_self_overlap("v", shape, strides).is_ok();
+        let mut offsets = Vec::new();
+        for i in 0..shape[0] {
+            for j in 0..shape[1] {
+                for k in 0..shape[2] {
+                    offsets.push(i * strides[0] + j * strides[1] + k * strides[2]);
+                }
+            }
+        }
+        offsets.sort_unstable();
+        let disjoint = offsets.windows(2).all(|w| w[0] != w[1]);
+        prop_assert!(!accepted || disjoint, "{:?} {:?} accepted", shape, strides);
+        prop_assert_eq!(accepted, dims_nest(shape, strides));
+        Ok(accepted)
     });
 }
 
@@ -407,7 +518,7 @@ proptest! {
             Err(Error::EmptyBatch) => prop_assert!(lens.is_empty()),
             Err(Error::ZeroSize { .. }) => prop_assert_eq!(parts, 0),
             Err(Error::NegativeSeqlen { value, .. }) => prop_assert!(value < 0),
-            Err(Error::Overflow { .. }) => prop_assert!(parts > 65_535),
+            Err(Error::Overflow { .. }) => prop_assert!(parts > MAX_GRID_Y_Z),
             Err(e) => prop_assert!(false, "unexpected error {e}"),
         }
     }

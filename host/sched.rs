@@ -6,7 +6,10 @@ use crate::{Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut};
 use flashmla_abi::params::{DecodingSchedMeta, SchedMetaParams, SCHED_META_WORDS};
 use flashmla_abi::sched::{self, sched_request_cost};
-use flashmla_abi::{sched_meta_smem_bytes, BLOCK_SIZE_M, MAX_SCHED_BATCH, SCHED_META_THREADS};
+use flashmla_abi::{
+    sched_meta_smem_bytes, BLOCK_SIZE_M, DEFAULT_DYNAMIC_SMEM_BYTES, MAX_GRID_Y_Z, MAX_SCHED_BATCH,
+    SCHED_META_THREADS,
+};
 use std::sync::Arc;
 
 /// Shape of one decode batch, as far as scheduling and the kernels' grid are concerned.
@@ -86,7 +89,7 @@ impl DecodeShape {
     /// The same shape with an explicit number of SM parts (work lists, the decode grid's z extent)
     /// instead of FlashMLA's formula: for measuring how a batch should be cut, e.g. small batches,
     /// where fewer, longer work lists write fewer partial results for the combine kernel to merge.
-    /// `1 ..= 65535` (the grid's z limit).
+    /// `1 ..= `[`MAX_GRID_Y_Z`](crate::abi::MAX_GRID_Y_Z) (65535, the grid's z limit).
     ///
     /// ```
     /// let shape = flashmla::DecodeShape::new(1, 1, 128, 1)?.with_num_sm_parts(16)?;
@@ -178,27 +181,31 @@ impl Schedule {
     }
 }
 
-/// Largest number of SM parts: the decode grid has one CTA row per part (grid z).
-const MAX_SM_PARTS: usize = 65_535;
+/// [`MAX_GRID_Y_Z`] as the `limit` of an [`Error::Overflow`] (a `&'static str`, so written out here once).
+pub(crate) const GRID_Y_Z_LIMIT: &str = "65535 (CUDA's limit of a grid's y and z)";
+const _: () = assert!(MAX_GRID_Y_Z == 65_535, "GRID_Y_Z_LIMIT names the limit");
 
-/// A number of SM parts the decode grid can have: `1..=MAX_SM_PARTS`.
+/// A number of SM parts the decode grid can have: `1..=MAX_GRID_Y_Z` (one CTA row per part, grid z).
 fn check_num_sm_parts(num_sm_parts: usize) -> Result<()> {
     if num_sm_parts == 0 {
         return Err(Error::ZeroSize {
             name: "num_sm_parts",
         });
     }
-    if num_sm_parts > MAX_SM_PARTS {
+    if num_sm_parts > MAX_GRID_Y_Z {
         return Err(Error::Overflow {
             what: "num_sm_parts",
             value: num_sm_parts as u128,
-            limit: "65535 (the decode grid's z dimension)",
+            limit: GRID_Y_Z_LIMIT,
         });
     }
     Ok(())
 }
 
-/// Computes the schedule on the CPU, exactly as the GPU metadata kernel does.
+/// Computes the schedule on the CPU with the GPU metadata kernel's code
+/// (`flashmla_abi::sched::schedule`), so for the same lengths and parts both give the same schedule.
+/// One difference: a negative length is an error here ([`Error::NegativeSeqlen`]), where the GPU
+/// kernel, which cannot report it, counts it as 0 (an empty request).
 ///
 /// ```
 /// use flashmla::get_mla_metadata_cpu;
@@ -253,6 +260,8 @@ pub struct SchedMetadata {
     pub(crate) shape: DecodeShape,
     pub(crate) num_sm_parts: usize,
     pub(crate) cu_ctx: usize,
+    /// Device ordinal of that context, for the error when another context's handle is given it.
+    pub(crate) ordinal: usize,
     /// Whether a schedule was ever written (decoding with uninitialised metadata would read garbage).
     pub(crate) computed: bool,
 }
@@ -326,6 +335,46 @@ impl SchedMetadata {
     }
 }
 
+/// The checks of [`FlashMla::get_mla_metadata_raw`]'s arguments that need no device: the batch and part
+/// counts the kernel takes, and the alignment of its `i32` loads and stores and of its 32-byte records.
+fn check_sched_meta_args(
+    cache_seqlens: sys::CUdeviceptr,
+    batch_size: usize,
+    tile_scheduler_metadata: sys::CUdeviceptr,
+    num_splits: sys::CUdeviceptr,
+    num_sm_parts: usize,
+) -> Result<()> {
+    if batch_size == 0 {
+        return Err(Error::EmptyBatch);
+    }
+    if batch_size > MAX_SCHED_BATCH {
+        return Err(Error::BatchTooLarge {
+            batch_size,
+            max: MAX_SCHED_BATCH,
+        });
+    }
+    check_num_sm_parts(num_sm_parts)?;
+    for (name, ptr, multiple) in [
+        ("cache_seqlens", cache_seqlens, 4),
+        (
+            "tile_scheduler_metadata",
+            tile_scheduler_metadata,
+            std::mem::align_of::<DecodingSchedMeta>(),
+        ),
+        ("num_splits", num_splits, 4),
+    ] {
+        if !ptr.is_multiple_of(multiple as u64) {
+            return Err(Error::Misaligned {
+                name,
+                what: "the base address (bytes)",
+                multiple,
+                value: ptr,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl FlashMla {
     /// Allocates metadata buffers for `shape` on this device (uninitialised until
     /// [`get_mla_metadata`](Self::get_mla_metadata) runs).
@@ -348,6 +397,7 @@ impl FlashMla {
             shape,
             num_sm_parts,
             cu_ctx: self.context().cu_ctx() as usize,
+            ordinal: self.device_info().ordinal,
             computed: false,
         })
     }
@@ -395,6 +445,8 @@ impl FlashMla {
     /// [`get_mla_metadata`](Self::get_mla_metadata) on raw device pointers, for runtimes that manage
     /// their own memory and streams.
     ///
+    /// The sizes and alignments are checked (a misaligned pointer is [`Error::Misaligned`]).
+    ///
     /// # Safety
     /// `cache_seqlens` must point to `batch_size` `i32`s, `tile_scheduler_metadata` to
     /// `num_sm_parts · 8` `i32`s (32-byte aligned) and `num_splits` to `batch_size + 1` `i32`s, all in this
@@ -409,27 +461,17 @@ impl FlashMla {
         num_splits: sys::CUdeviceptr,
         num_sm_parts: usize,
     ) -> Result<()> {
-        if batch_size == 0 {
-            return Err(Error::EmptyBatch);
-        }
-        if batch_size > MAX_SCHED_BATCH {
-            return Err(Error::BatchTooLarge {
-                batch_size,
-                max: MAX_SCHED_BATCH,
-            });
-        }
-        check_num_sm_parts(num_sm_parts)?;
-        if !tile_scheduler_metadata.is_multiple_of(32) {
-            return Err(Error::Shape {
-                name: "tile_scheduler_metadata (32-byte alignment)",
-                expected: vec![32],
-                got: vec![(tile_scheduler_metadata % 32) as usize],
-            });
-        }
+        check_sched_meta_args(
+            cache_seqlens,
+            batch_size,
+            tile_scheduler_metadata,
+            num_splits,
+            num_sm_parts,
+        )?;
         self.bind()?;
         let smem = sched_meta_smem_bytes(batch_size, num_sm_parts);
         let function = &self.inner.sched_meta;
-        if smem > 48 * 1024 {
+        if smem > DEFAULT_DYNAMIC_SMEM_BYTES {
             function
                 .set_attribute(
                     sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -452,5 +494,57 @@ impl FlashMla {
         };
         // SAFETY: the kernel takes one SchedMetaParams; the caller vouches for the pointers and stream.
         unsafe { launch::launch(function.cu_function(), stream, &config, &params) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALIGNED: u64 = 0x7000_0000;
+
+    #[test]
+    fn the_cpu_schedule_refuses_negative_lengths_the_gpu_counts_as_empty() {
+        match get_mla_metadata_cpu(&[100, -3, 5], 4) {
+            Err(Error::NegativeSeqlen { index, value }) => assert_eq!((index, value), (1, -3)),
+            other => panic!("{other:?}"),
+        }
+        // What the GPU kernel computes for those lengths: the schedule of an empty request.
+        assert!(get_mla_metadata_cpu(&[100, 0, 5], 4).is_ok());
+    }
+
+    #[test]
+    fn raw_metadata_arguments_are_checked() {
+        assert!(check_sched_meta_args(ALIGNED, 4, ALIGNED, ALIGNED, 8).is_ok());
+        assert!(matches!(
+            check_sched_meta_args(ALIGNED, 0, ALIGNED, ALIGNED, 8),
+            Err(Error::EmptyBatch)
+        ));
+        assert!(matches!(
+            check_sched_meta_args(ALIGNED, MAX_SCHED_BATCH + 1, ALIGNED, ALIGNED, 8),
+            Err(Error::BatchTooLarge { .. })
+        ));
+        assert!(matches!(
+            check_sched_meta_args(ALIGNED, 4, ALIGNED, ALIGNED, 0),
+            Err(Error::ZeroSize { .. })
+        ));
+        for (name, args, multiple) in [
+            ("cache_seqlens", (ALIGNED + 2, ALIGNED, ALIGNED), 4),
+            (
+                "tile_scheduler_metadata",
+                (ALIGNED, ALIGNED + 16, ALIGNED),
+                32,
+            ),
+            ("num_splits", (ALIGNED, ALIGNED, ALIGNED + 1), 4),
+        ] {
+            match check_sched_meta_args(args.0, 4, args.1, args.2, 8) {
+                Err(Error::Misaligned {
+                    name: n,
+                    multiple: m,
+                    ..
+                }) => assert_eq!((n, m), (name, multiple)),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
     }
 }

@@ -107,10 +107,10 @@ pub(crate) fn check_view_extent<const N: usize>(
     strides: [usize; N],
     len: usize,
 ) -> Result<()> {
-    let needed = extent(&shape, &strides).ok_or(Error::Overflow {
-        what: name,
-        value: u128::MAX,
-        limit: "usize",
+    let needed = extent(&shape, &strides).ok_or_else(|| Error::ViewTooLarge {
+        name,
+        shape: shape.to_vec(),
+        strides: strides.to_vec(),
     })?;
     if needed > len {
         return Err(Error::OutOfBounds { name, needed, len });
@@ -190,6 +190,23 @@ mod tests {
         assert_eq!(extent(&[2, 3], &[100, 1]), Some(103));
         assert_eq!(extent(&[0, 3], &[3, 1]), Some(0));
         assert_eq!(extent(&[usize::MAX, 2], &[usize::MAX, 1]), None);
+    }
+
+    #[test]
+    fn a_view_beyond_usize_names_its_shape_and_strides() {
+        match check_view_extent("k_cache", [2, 3], [usize::MAX, 1], usize::MAX) {
+            Err(Error::ViewTooLarge {
+                name,
+                shape,
+                strides,
+            }) => {
+                assert_eq!(name, "k_cache");
+                assert_eq!(shape, [2, 3]);
+                assert_eq!(strides, [usize::MAX, 1]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(check_view_extent("q", [2, 3], [3, 1], 6).is_ok());
     }
 
     #[test]

@@ -83,6 +83,40 @@ impl Comparison {
 mod tests {
     use super::*;
 
+    /// `examples/decode.rs` depends on `flashmla` alone, so it writes FlashMLA's tolerances and input
+    /// amplitude out: they must be the harness's.
+    #[test]
+    fn the_decode_example_checks_with_these_tolerances() {
+        let example = include_str!("../../examples/decode.rs");
+        let number = |s: &str| -> f64 { s.trim().replace('_', "").parse().expect(s) };
+        // `(a, b / c, d)`: numbers and quotients of numbers.
+        let constant = |name: &str| -> Vec<f64> {
+            let line = example
+                .lines()
+                .find(|l| l.starts_with(&format!("const {name}:")))
+                .unwrap_or_else(|| panic!("examples/decode.rs has no const {name}"));
+            let value = line.split_once(" = ").expect("an initialiser").1;
+            value
+                .trim_end_matches(';')
+                .trim_matches(|c| c == '(' || c == ')')
+                .split(", ")
+                .map(|term| match term.split_once(" / ") {
+                    Some((a, b)) => number(a) / number(b),
+                    None => number(term),
+                })
+                .collect()
+        };
+        for (name, t) in [
+            ("OUT_TOLERANCE", OUT_TOLERANCE),
+            ("LSE_TOLERANCE", LSE_TOLERANCE),
+        ] {
+            assert_eq!(constant(name), [t.abs, t.rel, t.cos], "{name}");
+        }
+        // An f32 in both.
+        let amplitude: Vec<f32> = constant("AMPLITUDE").iter().map(|&a| a as f32).collect();
+        assert_eq!(amplitude, [crate::case::FLASHMLA_AMPLITUDE]);
+    }
+
     #[test]
     fn comparison_follows_flashmla_rules() {
         let c = Comparison::of(

@@ -9,7 +9,7 @@ use flashmla::{
     DecodePlan, DecodeShape, Error, FlashMla, OutputBuffers, TensorView, TensorViewMut,
 };
 use flashmla_harness::case::{CaseSpec, DeviceCase};
-use flashmla_harness::check::{run_case, DEFAULT_ROW_BUDGET};
+use flashmla_harness::check::{check_outputs, run_case, DEFAULT_ROW_BUDGET};
 use flashmla_harness::rng::SplitMix64;
 use flashmla_harness::runner::{self, check, Fail, Outcome, Skip};
 use flashmla_harness::shapes::{corner_cases, flashmla_sweep, head_grid_sample};
@@ -414,6 +414,125 @@ gpu_case!(decode_kernel_selection, |fm| {
     ))
 });
 
+// Where the Hopper kernel cannot take a call, DecodeKernel::Auto runs the portable kernel (and the
+// result matches the reference) and DecodeKernel::Hopper is a typed error before anything runs: a plan
+// made by a handle without the Hopper kernels (no tensor-map slots), and a KV cache view TMA cannot
+// describe (KV-head stride 0: two KV heads reading one head's cache).
+gpu_case!(
+    decode_auto_falls_back_where_the_hopper_kernel_cannot_run,
+    |fm| {
+        let err = |e: Error| e.to_string();
+        if fm.resolve_kernel(DecodeKernel::Auto).map_err(err)? != DecodeKernel::Hopper {
+            return Ok(
+                "no Hopper kernel on this device: Auto runs the portable kernel anyway".into(),
+            );
+        }
+        let stream = fm.new_stream().map_err(err)?;
+        let (b, s_q, h_q) = (2, 1, 32);
+        let shape = DecodeShape::new(b, s_q, h_q, 1).map_err(err)?;
+        let spec = CaseSpec::new(shape, 300, true, false, DType::Bf16, seed());
+        let case = DeviceCase::<bf16>::generate(&fm, &stream, &spec).map_err(err)?;
+        let hopper = DecodeOptions {
+            kernel: DecodeKernel::Hopper,
+            ..case.options()
+        };
+        // Decodes `args` with `options` into NaN-poisoned outputs; returns them as f32, or the error.
+        let decode = |plan: &mut DecodePlan,
+                      args: &DecodeArgs<'_, bf16>,
+                      options: DecodeOptions| {
+            let mut out = cuda(stream.alloc_zeros::<u16>(b * s_q * h_q * 512))?;
+            poison_u16(&stream, &mut out)?;
+            let mut lse = cuda(stream.alloc_zeros::<f32>(b * h_q * s_q))?;
+            // SAFETY: bf16 and u16 have the same size; any bit pattern is a valid bf16.
+            let out_t =
+                unsafe { out.transmute_mut::<bf16>(b * s_q * h_q * 512) }.ok_or("transmute")?;
+            let mut outputs = DecodeOutputs {
+                out: TensorViewMut::contiguous("out", out_t, [b, s_q, h_q, 512]).map_err(err)?,
+                lse: TensorViewMut::contiguous("lse", lse.as_view_mut(), [b, h_q, s_q])
+                    .map_err(err)?,
+            };
+            fm.get_mla_metadata(&stream, &case.cache_seqlens, plan.metadata_mut())
+                .map_err(err)?;
+            let result = fm.decode(&stream, plan, args, &mut outputs, options);
+            let out_host: Vec<f32> = cuda(stream.clone_dtoh(&out))?
+                .into_iter()
+                .map(|x| DType::Bf16.bits_to_f32(x))
+                .collect();
+            Ok::<_, String>((result, out_host, cuda(stream.clone_dtoh(&lse))?))
+        };
+        let check = |what: &str, (result, out, lse): (flashmla::Result<()>, Vec<f32>, Vec<f32>)| {
+            result.map_err(|e| format!("{what}: {e}"))?;
+            let report = check_outputs(&case.layout, &out, &lse, DEFAULT_ROW_BUDGET);
+            if !report.passed() {
+                return Err(format!("{what}: {}", report.summary()));
+            }
+            Ok(())
+        };
+        let untouched =
+            |what: &str,
+             expected: &dyn Fn(&Error) -> bool,
+             (result, out, _): (flashmla::Result<()>, Vec<f32>, Vec<f32>)| {
+                match result {
+                    Err(e) if expected(&e) => {}
+                    other => return Err(format!("{what}: got {other:?}")),
+                }
+                if out.iter().any(|x| !x.is_nan()) {
+                    return Err(format!("{what}: a rejected call wrote to out"));
+                }
+                Ok(())
+            };
+
+        let portable =
+            FlashMla::with_module(fm.context().clone(), Some(PtxArch::Sm80)).map_err(err)?;
+        let mut sm80_plan = portable.plan_decode(&stream, shape).map_err(err)?;
+        let args = case.args().map_err(err)?;
+        check(
+            "Auto with a plan without tensor-map slots",
+            decode(&mut sm80_plan, &args, case.options())?,
+        )?;
+        untouched(
+            "Hopper with a plan without tensor-map slots",
+            &|e| matches!(e, Error::PlanWithoutTensorMaps),
+            decode(&mut sm80_plan, &args, hopper)?,
+        )?;
+
+        // The same attention with h_kv = 2, both KV heads viewing the one head of the cache.
+        let nb = case.layout.num_blocks;
+        let broadcast = DecodeArgs {
+            k_cache: TensorView::new(
+                "k_cache",
+                case.k_cache.as_view(),
+                [nb, 64, 2, 576],
+                [64 * 576, 576, 0, 1],
+            )
+            .map_err(err)?,
+            ..case.args().map_err(err)?
+        };
+        let two_heads = DecodeShape::new(b, s_q, h_q, 2).map_err(err)?;
+        let mut plan = fm.plan_decode(&stream, two_heads).map_err(err)?;
+        check(
+            "Auto with KV-head stride 0",
+            decode(&mut plan, &broadcast, case.options())?,
+        )?;
+        untouched(
+            "Hopper with KV-head stride 0",
+            &|e| {
+                matches!(
+                    e,
+                    Error::TmaStride {
+                        name: "k_cache",
+                        dim: 2,
+                        stride: 0,
+                        ..
+                    }
+                )
+            },
+            decode(&mut plan, &broadcast, hopper)?,
+        )?;
+        Ok("Auto ran the portable kernel (matching the reference) for a plan without tensor-map slots and a KV-head stride of 0; Hopper refused both, outputs untouched".into())
+    }
+);
+
 // A decode written through strided views (q inside a wider buffer, the KV cache head-major with padded
 // rows, out with padded rows, lse transposed to [b, s_q, h_q]) must equal the contiguous decode bit for
 // bit.
@@ -743,6 +862,7 @@ fn main() {
             decode_portable_sm80_module,
             decode_portable_kernel_in_sm90a_module,
             decode_kernel_selection,
+            decode_auto_falls_back_where_the_hopper_kernel_cannot_run,
             decode_flashmla_sweep_fp16_subset,
             decode_flashmla_sweep_bf16,
         ],

@@ -9,7 +9,9 @@
 mod tensor_map;
 mod validate;
 
-pub(crate) use validate::{validate, DecodeLaunch};
+#[cfg(test)]
+pub(crate) use validate::check_no_self_overlap;
+pub(crate) use validate::{validate, Available, DecodeLaunch, LaunchKernel};
 
 use crate::launch::{self, LaunchConfig};
 use crate::ptx::PtxArch;
@@ -18,7 +20,7 @@ use crate::tensor::{DType, Element, TensorView, TensorViewMut};
 use crate::{DecodeShape, Error, FlashMla, Result};
 use cudarc::driver::{sys, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice};
 use flashmla_abi::decode_config::{smem, COMBINE_THREADS, DECODE_THREADS};
-use flashmla_abi::params::{CombineParams, DecodeParams, Sm90DecodeParams};
+use flashmla_abi::params::{CombineParams, DecodeParams, Sm90DecodeParams, TENSOR_MAP_BYTES};
 use flashmla_abi::sched::max_total_splits;
 use flashmla_abi::sm90_config::{sm90_schedule_for_rows, sm90_smem, Sm90Schedule, SM90_THREADS};
 use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V};
@@ -43,12 +45,17 @@ pub struct DecodeOptions {
 /// the portable one stays available on Hopper as a cross-check and a baseline.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum DecodeKernel {
-    /// The Hopper kernel on compute capability 9.0 devices, the portable kernel elsewhere.
+    /// The Hopper kernel on compute capability 9.0 devices, the portable kernel elsewhere. Also the
+    /// portable kernel for a call the Hopper kernel cannot take: a `k_cache` view whose strides TMA
+    /// cannot describe (a zero stride over more than one index, or one of 2^40 bytes or more), or a
+    /// plan made by a handle without the Hopper kernels (it has no tensor-map slots).
     #[default]
     Auto,
     /// The wgmma + TMA kernels: the seesaw schedule (`kernels/src/decode_sm90.rs`) above 64 query rows
     /// per KV head, the single-softmax schedule (`kernels/src/decode_sm90_single.rs`) up to 64
-    /// ([`flashmla_abi::sm90_config::sm90_schedule_for_rows`]); an error on devices without them.
+    /// ([`flashmla_abi::sm90_config::sm90_schedule_for_rows`]); an error on devices without them
+    /// ([`Error::KernelUnavailable`]), with a plan made without them ([`Error::PlanWithoutTensorMaps`])
+    /// and for a `k_cache` view TMA cannot read ([`Error::TmaStride`]), raised before anything runs.
     Hopper,
     /// The `mma.sync` + `cp.async` kernel (`kernels/src/portable.rs`), any sm_80+ device.
     Portable,
@@ -104,13 +111,16 @@ pub struct OutputBuffers<T> {
 }
 
 impl<T: Element> OutputBuffers<T> {
-    /// Allocates (uninitialised) outputs for `[b, s_q, h_q]`: a decode writes every element.
+    /// Allocates zeroed outputs for `[b, s_q, h_q]`. Zeroed because the fields are public: the buffers
+    /// may be read before (or without) a decode writing them.
     pub fn alloc(stream: &Arc<CudaStream>, [b, s_q, h_q]: [usize; 3]) -> Result<Self> {
-        // SAFETY: plain data, written by the decode or combine kernel before anything reads it.
-        let out = unsafe { stream.alloc::<T>(b * s_q * h_q * HEAD_DIM_V) }
+        let (lse_len, out_len) = output_lens([b, s_q, h_q])?;
+        let out = stream
+            .alloc_zeros::<T>(out_len)
             .map_err(Error::cuda("cuMemAlloc"))?;
-        let lse =
-            unsafe { stream.alloc::<f32>(b * h_q * s_q) }.map_err(Error::cuda("cuMemAlloc"))?;
+        let lse = stream
+            .alloc_zeros::<f32>(lse_len)
+            .map_err(Error::cuda("cuMemAlloc"))?;
         Ok(Self {
             out,
             lse,
@@ -130,6 +140,22 @@ impl<T: Element> OutputBuffers<T> {
             lse: TensorViewMut::contiguous("lse", self.lse.as_view_mut(), [b, h_q, s_q])?,
         })
     }
+}
+
+/// Elements of `lse [b, h_q, s_q]` and `out [b, s_q, h_q, HEAD_DIM_V]`.
+fn output_lens([b, s_q, h_q]: [usize; 3]) -> Result<(usize, usize)> {
+    // Each step multiplies a usize by a usize, so its exact value fits the error's u128.
+    let mul = |what: &'static str, x: usize, y: usize| {
+        x.checked_mul(y).ok_or(Error::Overflow {
+            what,
+            value: x as u128 * y as u128,
+            limit: "usize",
+        })
+    };
+    let rows = mul("b · s_q", b, s_q)?;
+    let rows = mul("b · s_q · h_q (lse elements)", rows, h_q)?;
+    let elements = mul("b · s_q · h_q · 512 (out elements)", rows, HEAD_DIM_V)?;
+    Ok((rows, elements))
 }
 
 /// Raw decode arguments for runtimes that own their memory: device pointers, shapes and strides in
@@ -163,7 +189,7 @@ pub struct DecodePlan {
     pub(crate) metadata: SchedMetadata,
     pub(crate) o_accum: CudaSlice<f32>,
     pub(crate) lse_accum: CudaSlice<f32>,
-    /// One 128-byte tensor-map slot per Hopper decode CTA (sm_90a handles only).
+    /// One tensor-map slot (`TENSOR_MAP_BYTES`) per Hopper decode CTA (sm_90a handles only).
     tensor_map_slots: Option<CudaSlice<u8>>,
     addresses: PlanAddresses,
 }
@@ -215,6 +241,21 @@ impl DecodePlan {
     }
 }
 
+/// Rows (`lse_accum`) and elements (`o_accum`, `HEAD_DIM_V` per row) of the split workspaces: one row
+/// per split slot, KV head and query row of a KV head.
+fn split_workspace_len(splits: usize, shape: DecodeShape) -> Result<(usize, usize)> {
+    let rows = splits as u128 * shape.num_heads_kv() as u128 * shape.q_seq_per_hk() as u128;
+    let elements = rows * HEAD_DIM_V as u128;
+    match (usize::try_from(rows), usize::try_from(elements)) {
+        (Ok(rows), Ok(elements)) => Ok((rows, elements)),
+        _ => Err(Error::Overflow {
+            what: "split workspace (split slots · h_kv · s_q·h_q/h_kv · 512 f32)",
+            value: elements,
+            limit: "usize",
+        }),
+    }
+}
+
 impl FlashMla {
     /// Allocates the metadata and split workspaces for `shape` on this device.
     ///
@@ -230,25 +271,18 @@ impl FlashMla {
         self.check_decode_device()?;
         let metadata = self.alloc_sched_metadata(stream, shape)?;
         let splits = max_total_splits(shape.batch_size(), metadata.num_sm_parts());
-        let rows = splits
-            .checked_mul(shape.num_heads_kv())
-            .and_then(|v| v.checked_mul(shape.q_seq_per_hk()))
-            .ok_or(Error::Overflow {
-                what: "split workspace rows",
-                value: u128::MAX,
-                limit: "usize",
-            })?;
+        let (rows, o_accum_len) = split_workspace_len(splits, shape)?;
         // SAFETY: f32 has no invalid bit patterns; the decode kernel writes every slot it schedules
         // before the combine kernel reads it.
         let o_accum =
-            unsafe { stream.alloc::<f32>(rows * HEAD_DIM_V) }.map_err(Error::cuda("cuMemAlloc"))?;
+            unsafe { stream.alloc::<f32>(o_accum_len) }.map_err(Error::cuda("cuMemAlloc"))?;
         let lse_accum = unsafe { stream.alloc::<f32>(rows) }.map_err(Error::cuda("cuMemAlloc"))?;
         let tensor_map_slots = if self.inner.decode_sm90.is_some() {
             let ctas = shape.num_m_blocks() * shape.num_heads_kv() * metadata.num_sm_parts();
             // cuMemAlloc returns 256-byte aligned memory: every 128-byte slot is 64-byte aligned.
             Some(
                 stream
-                    .alloc_zeros::<u8>(ctas * 128)
+                    .alloc_zeros::<u8>(ctas * TENSOR_MAP_BYTES)
                     .map_err(Error::cuda("cuMemAlloc"))?,
             )
         } else {
@@ -274,7 +308,9 @@ impl FlashMla {
 
     /// The kernel `kernel` stands for on this handle: [`DecodeKernel::Auto`] resolves to
     /// [`DecodeKernel::Hopper`] where the sm_90a module is loaded, else [`DecodeKernel::Portable`];
-    /// asking for the Hopper kernel where there is none is [`Error::KernelUnavailable`].
+    /// asking for the Hopper kernel where there is none is [`Error::KernelUnavailable`]. A decode call
+    /// with `Auto` on a handle with the Hopper kernels still runs the portable kernel where the Hopper
+    /// one cannot take its arguments (see [`DecodeKernel::Auto`]).
     ///
     /// ```no_run
     /// # fn main() -> flashmla::Result<()> {
@@ -450,10 +486,16 @@ impl FlashMla {
     fn validate_decode(&self, plan: &DecodePlan, a: &RawDecodeArgs) -> Result<DecodeLaunch> {
         self.check_decode_device()?;
         self.check_metadata("plan", &plan.metadata)?;
+        let available = Available {
+            module: self.inner.ptx.name,
+            hopper: self.inner.decode_sm90.is_some(),
+            plan_tensor_map_slots: plan.addresses.tensor_map_slots != 0,
+        };
         validate(
             plan.shape(),
             plan.metadata.num_sm_parts(),
             plan.metadata.computed,
+            available,
             a,
         )
     }
@@ -470,10 +512,6 @@ impl FlashMla {
     ) -> Result<()> {
         self.bind()?;
         let inner = &self.inner;
-        let hopper = match self.resolve_kernel(launch.kernel)? {
-            DecodeKernel::Hopper => inner.decode_sm90.as_ref(),
-            _ => None,
-        };
         let combine_fn = match launch.dtype {
             DType::Bf16 => &inner.combine_bf16,
             DType::F16 => &inner.combine_f16,
@@ -507,16 +545,20 @@ impl FlashMla {
             dynamic_smem_bytes: 0,
             programmatic_serialization: pdl,
         };
-        if let Some(kernels) = hopper {
-            if tensor_map_slots == 0 {
-                // A plan made by a handle without the Hopper kernels (e.g. the sm_80 module forced).
+        if let LaunchKernel::Hopper { k_strides } = launch.kernel {
+            // Validation chose the Hopper kernel only with this handle's kernels and this plan's slots;
+            // checked again because a launch without slots would write tensor maps through address 0.
+            let Some(kernels) = inner.decode_sm90.as_ref() else {
                 return Err(Error::KernelUnavailable {
                     module: inner.ptx.name,
                 });
+            };
+            if tensor_map_slots == 0 {
+                return Err(Error::PlanWithoutTensorMaps);
             }
             let params = Sm90DecodeParams {
                 common: decode,
-                k_tensor_map: encode_kv_tensor_map(&decode, launch.dtype)?,
+                k_tensor_map: encode_kv_tensor_map(&decode, k_strides, launch.dtype)?,
                 tensor_map_slots,
             };
             let (bf16_fn, f16_fn) =
@@ -555,6 +597,47 @@ impl FlashMla {
         unsafe {
             launch::launch(decode_fn.cu_function(), stream, &decode_config, &decode)?;
             launch::launch(combine_fn.cu_function(), stream, &combine_config, &combine)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_sizes() {
+        assert_eq!(output_lens([2, 3, 4]).unwrap(), (24, 24 * HEAD_DIM_V));
+        // b · s_q · h_q fits in usize, times 512 does not: an error, not a panic or a wrapped size.
+        let h = 1usize << 60;
+        match output_lens([1, 1, h]) {
+            Err(Error::Overflow { value, .. }) => assert_eq!(value, h as u128 * 512),
+            other => panic!("{other:?}"),
+        }
+        match output_lens([usize::MAX, usize::MAX, usize::MAX]) {
+            Err(Error::Overflow { what, value, .. }) => {
+                assert_eq!(
+                    (what, value),
+                    ("b · s_q", usize::MAX as u128 * usize::MAX as u128)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn split_workspace_sizes() {
+        let shape = DecodeShape::new(4, 2, 16, 2).unwrap();
+        // 8 · 2 KV heads · 16 rows each.
+        assert_eq!(
+            split_workspace_len(8, shape).unwrap(),
+            (256, 256 * HEAD_DIM_V)
+        );
+        match split_workspace_len(usize::MAX, shape) {
+            Err(Error::Overflow { value, .. }) => {
+                assert_eq!(value, usize::MAX as u128 * 32 * HEAD_DIM_V as u128)
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -5,15 +5,23 @@
 use crate::tensor::DType;
 use crate::{Error, Result};
 use cudarc::driver::sys;
-use flashmla_abi::params::{DecodeParams, TensorMapBytes};
+use flashmla_abi::params::{DecodeParams, TensorMapBytes, TENSOR_MAP_BYTES};
 use flashmla_abi::sm90_config::TILE_COLS;
 use flashmla_abi::{HEAD_DIM_K, PAGE_BLOCK_SIZE};
 
+// The plan's slots and the kernel's slot arithmetic use the abi's size; the driver's type must agree.
+const _: () = assert!(std::mem::size_of::<sys::CUtensorMap>() == TENSOR_MAP_BYTES);
+
 /// Encodes the KV cache as the Hopper kernel's TMA tensor map: a 4-D tensor (576 columns, 64 tokens,
-/// h_kv, num_blocks) of 16-bit elements with the validated strides, read in 64 × 64 boxes with the
-/// 128-byte swizzle; coordinates outside it (page ids outside the cache) read as zeros, like
-/// FlashMLA's. A pure host call (no device work), so it is made per decode call.
-pub(super) fn encode_kv_tensor_map(d: &DecodeParams, dtype: DType) -> Result<TensorMapBytes> {
+/// h_kv, num_blocks) of 16-bit elements with the byte strides `k_strides` (tokens, heads, pages; checked
+/// against TMA's rules by validation), read in 64 × 64 boxes with the 128-byte swizzle; coordinates
+/// outside it (page ids outside the cache) read as zeros, like FlashMLA's. A pure host call (no device
+/// work), so it is made per decode call.
+pub(super) fn encode_kv_tensor_map(
+    d: &DecodeParams,
+    k_strides: [u64; 3],
+    dtype: DType,
+) -> Result<TensorMapBytes> {
     use sys::{
         CUtensorMapDataType as T, CUtensorMapFloatOOBfill as Fill, CUtensorMapInterleave as I,
         CUtensorMapL2promotion as L2, CUtensorMapSwizzle as Sw,
@@ -28,25 +36,6 @@ pub(super) fn encode_kv_tensor_map(d: &DecodeParams, dtype: DType) -> Result<Ten
         d.num_heads_kv as u64,
         d.num_blocks as u64,
     ];
-    // Byte strides of dims 1..4. A dimension of extent 1 is only ever indexed at 0, so its stride is
-    // irrelevant, but TMA wants a non-zero multiple of 16 below 2^40.
-    let stride = |elements: i64, extent: u64| -> Result<u64> {
-        let bytes = elements as u64 * 2;
-        match (bytes, extent) {
-            (0, 1) => Ok(16),
-            (b, _) if b > 0 && b < 1 << 40 && b % 16 == 0 => Ok(b),
-            _ => Err(Error::Overflow {
-                what: "k_cache stride for TMA (bytes, multiple of 16 below 2^40)",
-                value: bytes as u128,
-                limit: "2^40",
-            }),
-        }
-    };
-    let strides = [
-        stride(d.k_row_stride, dims[1])?,
-        stride(d.k_head_stride, dims[2])?,
-        stride(d.k_page_stride, dims[3])?,
-    ];
     let box_dims: [u32; 4] = [TILE_COLS as u32, PAGE_BLOCK_SIZE as u32, 1, 1];
     let element_strides = [1u32; 4];
     let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
@@ -58,7 +47,7 @@ pub(super) fn encode_kv_tensor_map(d: &DecodeParams, dtype: DType) -> Result<Ten
             4,
             d.k_cache as *mut std::ffi::c_void,
             dims.as_ptr(),
-            strides.as_ptr(),
+            k_strides.as_ptr(),
             box_dims.as_ptr(),
             element_strides.as_ptr(),
             I::CU_TENSOR_MAP_INTERLEAVE_NONE,

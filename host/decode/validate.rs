@@ -1,16 +1,21 @@
 //! Every check of a decode call that needs no device, turned into a typed [`Error`]: shapes against
-//! the plan, head dims, page size, contiguity, alignment, the scale, and sizes against the kernels'
-//! 32-bit arithmetic and grid limits. What passes becomes the launch parameters ([`DecodeLaunch`]).
+//! the plan, head dims, page size, contiguity, alignment, outputs that overlap themselves, the scale,
+//! sizes against the kernels' 32-bit arithmetic and grid limits, and the kernel the call runs (the
+//! Hopper kernel's TMA rules for the KV cache included). What passes becomes the launch parameters
+//! ([`DecodeLaunch`]).
 //!
 //! Pure functions of the arguments (pointers are compared, never dereferenced), so they are unit-tested
 //! here and property-tested in `host/proptests.rs` without a GPU.
 
 use super::{DecodeKernel, RawDecodeArgs};
+use crate::sched::GRID_Y_Z_LIMIT;
 use crate::tensor::DType;
 use crate::{DecodeShape, Error, Result};
-use flashmla_abi::decode_config::{COMBINE_WARPS, COMBINE_WARPS_PER_ROW};
-use flashmla_abi::params::{combine_tasks_per_warp, CombineParams, DecodeParams, OutputParams};
-use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V, PAGE_BLOCK_SIZE};
+use flashmla_abi::decode_config::COMBINE_WARPS_PER_ROW;
+use flashmla_abi::params::{
+    combine_grid_x, combine_tasks_per_warp, CombineParams, DecodeParams, OutputParams,
+};
+use flashmla_abi::{HEAD_DIM_K, HEAD_DIM_V, MAX_GRID_Y_Z, PAGE_BLOCK_SIZE};
 
 /// Launch parameters of a validated decode call.
 pub(crate) struct DecodeLaunch {
@@ -19,22 +24,54 @@ pub(crate) struct DecodeLaunch {
     pub(super) decode_grid: (u32, u32, u32),
     pub(super) combine_grid: (u32, u32, u32),
     pub(super) dtype: DType,
-    pub(super) kernel: DecodeKernel,
+    pub(super) kernel: LaunchKernel,
 }
+
+/// The split-KV kernel a validated call runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LaunchKernel {
+    /// The `mma.sync` kernel.
+    Portable,
+    /// The Hopper kernel, with the byte strides of its TMA descriptor of the KV cache (tokens, KV
+    /// heads, pages), checked against TMA's rules.
+    Hopper { k_strides: [u64; 3] },
+}
+
+/// What the handle and the plan of a call can run: what [`DecodeOptions::kernel`] is resolved against.
+///
+/// [`DecodeOptions::kernel`]: super::DecodeOptions::kernel
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Available {
+    /// The handle's PTX module (named in [`Error::KernelUnavailable`]).
+    pub(crate) module: &'static str,
+    /// The handle has the Hopper kernels (the sm_90a module on a compute capability 9.0 device).
+    pub(crate) hopper: bool,
+    /// The plan has tensor-map slots: it was made by a handle with the Hopper kernels.
+    pub(crate) plan_tensor_map_slots: bool,
+}
+
+/// Bytes of a q, k_cache or out element: both [`DType`]s are 16-bit.
+const ELEM_BYTES: usize = 2;
 
 #[cfg(test)]
 impl DecodeLaunch {
     pub(crate) fn decode_params(&self) -> &DecodeParams {
         &self.decode
     }
+
+    pub(crate) fn kernel(&self) -> LaunchKernel {
+        self.kernel
+    }
 }
 
 /// Every check of a decode call that needs no device: shapes against the plan, head dims, page size,
-/// contiguity, alignment, scale, sizes against 32-bit kernel arithmetic and grid limits.
+/// contiguity, alignment, self-overlapping outputs, scale, sizes against 32-bit kernel arithmetic and
+/// grid limits, and the kernel `available` can run for `a.options.kernel`.
 pub(crate) fn validate(
     planned: &DecodeShape,
     num_sm_parts: usize,
     metadata_computed: bool,
+    available: Available,
     a: &RawDecodeArgs,
 ) -> Result<DecodeLaunch> {
     let (q_ptr, q_shape, q_strides) = a.q;
@@ -113,10 +150,13 @@ pub(crate) fn validate(
     check_last_contiguous("block_table", bt_strides)?;
     check_last_contiguous("out", out_strides)?;
     // 16-byte cp.async loads of q and k rows; 4-byte stores of output pairs.
-    check_aligned("q", q_ptr, q_strides, 2, 8)?;
-    check_aligned("k_cache", k_ptr, k_strides, 2, 8)?;
-    check_aligned("out", out_ptr, out_strides, 2, 2)?;
+    check_aligned("q", q_ptr, q_strides, ELEM_BYTES, 8)?;
+    check_aligned("k_cache", k_ptr, k_strides, ELEM_BYTES, 8)?;
+    check_aligned("out", out_ptr, out_strides, ELEM_BYTES, 2)?;
     check_aligned("lse", lse_ptr, [0, 1], 4, 1)?;
+    // Different threads write different indices: two indices on one element would race.
+    check_no_self_overlap("out", out_shape, a.out.2)?;
+    check_no_self_overlap("lse", lse_shape, a.lse.2)?;
     check_aligned("block_table", bt_ptr, [0, 1], 4, 1)?;
     check_aligned("cache_seqlens", a.cache_seqlens, [0, 1], 4, 1)?;
     let scale = a.options.scale();
@@ -127,8 +167,8 @@ pub(crate) fn validate(
         .checked_mul(PAGE_BLOCK_SIZE)
         .filter(|&t| t <= i32::MAX as usize)
         .ok_or(Error::Overflow {
-            what: "block_table columns × 64",
-            value: bt_shape[1] as u128 * 64,
+            what: "block_table columns × PAGE_BLOCK_SIZE (tokens a row addresses)",
+            value: bt_shape[1] as u128 * PAGE_BLOCK_SIZE as u128,
             limit: "i32",
         })?;
     if let Some(seqlen) = a.options.max_seqlen_k {
@@ -146,27 +186,18 @@ pub(crate) fn validate(
     let rows = shape.q_seq_per_hk();
     let combine_tasks = shape.num_heads_kv() * rows * COMBINE_WARPS_PER_ROW;
     let tasks_per_warp = combine_tasks_per_warp(b * combine_tasks);
-    let combine_blocks = combine_tasks.div_ceil(COMBINE_WARPS as usize * tasks_per_warp);
-    // Grid y and z are limited to 65535 (h_kv is the decode grid's y, b the combine grid's y).
-    for (what, value) in [
-        ("h_kv (decode grid y)", shape.num_heads_kv()),
-        ("batch size (combine grid y)", b),
-    ] {
-        if value > 65_535 {
-            return Err(Error::Overflow {
-                what,
-                value: value as u128,
-                limit: "65535",
-            });
-        }
-    }
-    if combine_blocks > i32::MAX as usize {
+    // No check of the combine grid: its x is at most COMBINE_TARGET_CTAS and its y (b) at most
+    // MAX_SCHED_BATCH, both within CUDA's limits by the abi's compile-time asserts. The decode grid's x
+    // (64-row tiles of s_q · h_q < 2^31 rows) is within limits too; its y (h_kv) is not bounded by the shape.
+    let combine_blocks = combine_grid_x(combine_tasks, b);
+    if shape.num_heads_kv() > MAX_GRID_Y_Z {
         return Err(Error::Overflow {
-            what: "h_kv · s_q · h_q / h_kv / 2 (combine grid x)",
-            value: combine_blocks as u128,
-            limit: "2^31 - 1",
+            what: "h_kv (the decode grid's y)",
+            value: shape.num_heads_kv() as u128,
+            limit: GRID_Y_Z_LIMIT,
         });
     }
+    let kernel = resolve_kernel(a.options.kernel, available, k_shape, k_strides)?;
     let causal = a.options.causal && s_q > 1;
     let output = OutputParams {
         out: out_ptr,
@@ -228,8 +259,73 @@ pub(crate) fn validate(
         ),
         combine_grid: (combine_blocks as u32, b as u32, 1),
         dtype: a.dtype,
-        kernel: a.options.kernel,
+        kernel,
     })
+}
+
+/// The kernel a call runs. [`DecodeKernel::Auto`] is the Hopper kernel where the handle has it, the
+/// plan has tensor-map slots and TMA can read the KV cache view ([`k_tma_strides`]), else the portable
+/// kernel, which runs all of these. [`DecodeKernel::Hopper`] is that or an error saying which is missing.
+fn resolve_kernel(
+    kernel: DecodeKernel,
+    available: Available,
+    k_shape: [usize; 4],
+    k_strides: [usize; 4],
+) -> Result<LaunchKernel> {
+    match kernel {
+        DecodeKernel::Portable => Ok(LaunchKernel::Portable),
+        DecodeKernel::Auto => Ok(
+            match (
+                available.hopper && available.plan_tensor_map_slots,
+                k_tma_strides(k_shape, k_strides),
+            ) {
+                (true, Ok(k_strides)) => LaunchKernel::Hopper { k_strides },
+                _ => LaunchKernel::Portable,
+            },
+        ),
+        DecodeKernel::Hopper => {
+            if !available.hopper {
+                return Err(Error::KernelUnavailable {
+                    module: available.module,
+                });
+            }
+            if !available.plan_tensor_map_slots {
+                return Err(Error::PlanWithoutTensorMaps);
+            }
+            Ok(LaunchKernel::Hopper {
+                k_strides: k_tma_strides(k_shape, k_strides)?,
+            })
+        }
+    }
+}
+
+/// The byte strides of the KV cache's tokens, KV heads and pages (`k_cache` dimensions 1, 2, 0) in the
+/// Hopper kernel's TMA descriptor, as `cuTensorMapEncodeTiled` documents them: multiples of 16 bytes and
+/// below 2^40 bytes; and non-zero, which is only possible where the extent is above 1, so a dimension of
+/// extent 1 (only ever indexed at 0) gets 16. `strides` are the used ones (0 for extent 1).
+fn k_tma_strides(shape: [usize; 4], strides: [usize; 4]) -> Result<[u64; 3]> {
+    let stride = |dim: usize| -> Result<u64> {
+        if shape[dim] == 1 {
+            return Ok(16);
+        }
+        let bytes = strides[dim] as u128 * ELEM_BYTES as u128;
+        let rule = if bytes == 0 {
+            "non-zero where the extent is above 1"
+        } else if bytes >= 1 << 40 {
+            "below 2^40 bytes"
+        } else if !bytes.is_multiple_of(16) {
+            "multiples of 16 bytes"
+        } else {
+            return Ok(bytes as u64);
+        };
+        Err(Error::TmaStride {
+            name: "k_cache",
+            dim,
+            stride: strides[dim],
+            rule,
+        })
+    };
+    Ok([stride(1)?, stride(2)?, stride(0)?])
 }
 
 fn to_i64(name: &'static str, v: usize) -> Result<i64> {
@@ -285,6 +381,35 @@ fn check_last_contiguous<const N: usize>(name: &'static str, strides: [usize; N]
     Ok(())
 }
 
+/// No two indices of the view `name` address one element. Sorted by stride, every dimension of extent > 1
+/// must step past all that the dimensions with smaller strides span: `stride ≥ 1 + Σ (extent − 1) · stride`
+/// over them (ties count as smaller, so two dimensions with one stride fail). Dimensions of extent 1
+/// have one index and take no part. Sufficient, not necessary: an interleaving that happens not to
+/// collide (shape `[3, 2]`, strides `[2, 3]`) is refused too, which no framework's tensors need.
+pub(crate) fn check_no_self_overlap<const N: usize>(
+    name: &'static str,
+    shape: [usize; N],
+    strides: [usize; N],
+) -> Result<()> {
+    let mut dims: Vec<usize> = (0..N).filter(|&d| shape[d] > 1).collect();
+    dims.sort_by_key(|&d| strides[d]);
+    // Largest offset the dimensions checked so far reach. No overflow: a dimension is added only when its
+    // stride (< 2^64) exceeds the span, and its term (extent − 1) · stride is below 2^128 − 2^65.
+    let mut span: u128 = 0;
+    for d in dims {
+        if strides[d] as u128 <= span {
+            return Err(Error::OverlappingOutput {
+                name,
+                shape: shape.to_vec(),
+                strides: strides.to_vec(),
+                dim: d,
+            });
+        }
+        span += (shape[d] as u128 - 1) * strides[d] as u128;
+    }
+    Ok(())
+}
+
 /// Base address (bytes) and leading strides (elements) must be multiples of the access width.
 fn check_aligned<const N: usize>(
     name: &'static str,
@@ -306,7 +431,7 @@ fn check_aligned<const N: usize>(
         if s % multiple != 0 {
             return Err(Error::Misaligned {
                 name,
-                what: "every leading stride",
+                what: "every leading stride (elements)",
                 multiple,
                 value: s as u64,
             });
@@ -334,6 +459,13 @@ mod tests {
         }
         s
     }
+
+    /// An sm_90a handle and a plan made by it.
+    const HOPPER: Available = Available {
+        module: "sm90a",
+        hopper: true,
+        plan_tensor_map_slots: true,
+    };
 
     fn plan_shape() -> DecodeShape {
         DecodeShape::new(B, S_Q, H_Q, H_KV).unwrap()
@@ -364,7 +496,7 @@ mod tests {
     }
 
     fn check(a: &RawDecodeArgs) -> Result<DecodeLaunch> {
-        validate(&plan_shape(), 66, true, a)
+        validate(&plan_shape(), 66, true, HOPPER, a)
     }
 
     #[test]
@@ -398,13 +530,19 @@ mod tests {
         a.out.2 = contiguous(a.out.1);
         a.lse.1[2] = 1;
         a.lse.2 = contiguous(a.lse.1);
-        assert_eq!(validate(&shape, 66, true, &a).unwrap().decode.is_causal, 0);
+        assert_eq!(
+            validate(&shape, 66, true, HOPPER, &a)
+                .unwrap()
+                .decode
+                .is_causal,
+            0
+        );
     }
 
     #[test]
     fn a_plan_with_its_own_sm_parts_takes_the_same_inputs() {
         let shape = plan_shape().with_num_sm_parts(8).unwrap();
-        let launch = validate(&shape, 8, true, &good()).expect("same batch dimensions");
+        let launch = validate(&shape, 8, true, HOPPER, &good()).expect("same batch dimensions");
         assert_eq!(launch.decode_grid.2, 8);
     }
 
@@ -643,10 +781,198 @@ mod tests {
         Error::Overflow { .. }
     );
 
+    rejects!(
+        out_heads_on_one_row,
+        |a| {
+            a.out.2[2] = 0;
+        },
+        Error::OverlappingOutput {
+            name: "out",
+            dim: 2,
+            ..
+        }
+    );
+    rejects!(
+        out_heads_overlapping_rows,
+        |a| {
+            // 256 apart, but a row is 512 wide.
+            a.out.2[2] = 256;
+        },
+        Error::OverlappingOutput { name: "out", .. }
+    );
+    rejects!(
+        out_tokens_on_the_heads,
+        |a| {
+            a.out.2[1] = a.out.2[2];
+        },
+        Error::OverlappingOutput { name: "out", .. }
+    );
+    rejects!(
+        lse_broadcast,
+        |a| {
+            a.lse.2 = [0, 0, 0];
+        },
+        Error::OverlappingOutput { name: "lse", .. }
+    );
+    rejects!(
+        lse_batches_on_one_block,
+        |a| {
+            a.lse.2[0] = 0;
+        },
+        Error::OverlappingOutput {
+            name: "lse",
+            dim: 0,
+            ..
+        }
+    );
+
+    #[test]
+    fn overlap_check() {
+        // Row-major, padded, permuted: disjoint.
+        assert!(check_no_self_overlap("v", [4, 3, 5], [15, 5, 1]).is_ok());
+        assert!(check_no_self_overlap("v", [4, 3, 5], [40, 8, 1]).is_ok());
+        assert!(check_no_self_overlap("v", [4, 3, 5], [1, 20, 4]).is_ok());
+        // Extent-1 dimensions have one index: any stride, even 0 or a repeated one.
+        assert!(check_no_self_overlap("v", [1, 3, 1], [0, 1, 1]).is_ok());
+        // A zero stride, equal strides, a stride inside the span of the smaller ones.
+        assert!(check_no_self_overlap("v", [2, 3], [0, 1]).is_err());
+        assert!(check_no_self_overlap("v", [2, 2], [1, 1]).is_err());
+        assert!(check_no_self_overlap("v", [2, 3], [2, 1]).is_err());
+        // The largest extents and strides neither overflow nor wrap around to look disjoint.
+        let m = usize::MAX;
+        assert!(check_no_self_overlap("v", [m, m, m], [1, m, m]).is_err());
+        assert!(check_no_self_overlap("v", [m, 2], [1, m]).is_ok());
+        // The rule is sufficient, not necessary: this interleaving is disjoint (0, 3, 2, 5, 4, 7) but
+        // refused.
+        assert!(check_no_self_overlap("v", [3, 2], [2, 3]).is_err());
+    }
+
+    /// An sm_90a handle with a plan made by an sm_80-module handle.
+    const PLAN_WITHOUT_SLOTS: Available = Available {
+        plan_tensor_map_slots: false,
+        ..HOPPER
+    };
+    /// A handle without the Hopper kernels.
+    const SM80: Available = Available {
+        module: "sm80",
+        hopper: false,
+        plan_tensor_map_slots: false,
+    };
+
+    fn kernel_for(
+        a: &RawDecodeArgs,
+        kernel: DecodeKernel,
+        available: Available,
+    ) -> Result<LaunchKernel> {
+        let mut a = *a;
+        a.options.kernel = kernel;
+        validate(&plan_shape(), 66, true, available, &a).map(|l| l.kernel)
+    }
+
+    /// k_cache with KV head stride 0 (both heads read one row: fine for the portable kernel's loads,
+    /// not describable to TMA).
+    fn k_heads_broadcast() -> RawDecodeArgs {
+        let mut a = good();
+        a.k_cache.2 = [PAGE_BLOCK_SIZE * HEAD_DIM_K, HEAD_DIM_K, 0, 1];
+        a
+    }
+
+    #[test]
+    fn auto_runs_the_hopper_kernel_with_the_cache_strides_in_bytes() {
+        let (row, head, page) = (
+            H_KV * HEAD_DIM_K * 2,
+            HEAD_DIM_K * 2,
+            PAGE_BLOCK_SIZE * H_KV * HEAD_DIM_K * 2,
+        );
+        let expected = LaunchKernel::Hopper {
+            k_strides: [row as u64, head as u64, page as u64],
+        };
+        assert_eq!(
+            kernel_for(&good(), DecodeKernel::Auto, HOPPER).unwrap(),
+            expected
+        );
+        assert_eq!(
+            kernel_for(&good(), DecodeKernel::Hopper, HOPPER).unwrap(),
+            expected
+        );
+        assert_eq!(
+            kernel_for(&good(), DecodeKernel::Portable, HOPPER).unwrap(),
+            LaunchKernel::Portable
+        );
+    }
+
+    #[test]
+    fn auto_falls_back_to_the_portable_kernel_where_the_hopper_one_cannot_run() {
+        let mut huge_pages = good();
+        huge_pages.k_cache.2[0] = 1 << 39; // 2^40 bytes
+        for (what, a, available) in [
+            ("head stride 0", k_heads_broadcast(), HOPPER),
+            ("page stride of 2^40 bytes", huge_pages, HOPPER),
+            ("plan without tensor-map slots", good(), PLAN_WITHOUT_SLOTS),
+            ("handle without the Hopper kernels", good(), SM80),
+        ] {
+            assert_eq!(
+                kernel_for(&a, DecodeKernel::Auto, available).unwrap(),
+                LaunchKernel::Portable,
+                "{what}"
+            );
+            assert_eq!(
+                kernel_for(&a, DecodeKernel::Portable, available).unwrap(),
+                LaunchKernel::Portable,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_hopper_kernel_where_it_cannot_run_is_a_typed_error() {
+        match kernel_for(&k_heads_broadcast(), DecodeKernel::Hopper, HOPPER) {
+            Err(Error::TmaStride {
+                name: "k_cache",
+                dim: 2,
+                stride: 0,
+                rule,
+            }) => assert!(rule.starts_with("non-zero")),
+            other => panic!("{other:?}"),
+        }
+        let mut a = good();
+        a.k_cache.2[0] = 1 << 39;
+        match kernel_for(&a, DecodeKernel::Hopper, HOPPER) {
+            Err(Error::TmaStride { dim: 0, rule, .. }) => assert_eq!(rule, "below 2^40 bytes"),
+            other => panic!("{other:?}"),
+        }
+        // Just below the limit is taken.
+        a.k_cache.2[0] = (1 << 39) - 8;
+        assert!(kernel_for(&a, DecodeKernel::Hopper, HOPPER).is_ok());
+        assert!(matches!(
+            kernel_for(&good(), DecodeKernel::Hopper, PLAN_WITHOUT_SLOTS),
+            Err(Error::PlanWithoutTensorMaps)
+        ));
+        assert!(matches!(
+            kernel_for(&good(), DecodeKernel::Hopper, SM80),
+            Err(Error::KernelUnavailable { module: "sm80" })
+        ));
+    }
+
+    #[test]
+    fn tma_stride_rules() {
+        let shape = [PAGES, PAGE_BLOCK_SIZE, H_KV, HEAD_DIM_K];
+        // A stride that is not a multiple of 16 bytes (validation's alignment check refuses it first).
+        match k_tma_strides(shape, [1 << 20, 1156, 576, 1]) {
+            Err(Error::TmaStride { dim: 1, rule, .. }) => assert_eq!(rule, "multiples of 16 bytes"),
+            other => panic!("{other:?}"),
+        }
+        // Dimensions of extent 1 get 16 bytes whatever their (used: 0) stride.
+        assert_eq!(
+            k_tma_strides([1, PAGE_BLOCK_SIZE, 1, HEAD_DIM_K], [0, 576, 0, 1]).unwrap(),
+            [1152, 16, 16]
+        );
+    }
+
     #[test]
     fn metadata_must_be_computed() {
         assert!(matches!(
-            validate(&plan_shape(), 66, false, &good()),
+            validate(&plan_shape(), 66, false, HOPPER, &good()),
             Err(Error::MetadataNotComputed)
         ));
     }
@@ -664,7 +990,7 @@ mod tests {
         a.out.2 = contiguous(a.out.1);
         a.lse.1 = [1, 128, 8192];
         a.lse.2 = contiguous(a.lse.1);
-        let l = validate(&shape, 1, true, &a).unwrap();
+        let l = validate(&shape, 1, true, HOPPER, &a).unwrap();
         // 4M (row, quarter) tasks over about COMBINE_TARGET_CTAS CTAs of 8 warps.
         let per_warp = combine_tasks_per_warp(8192 * 128 * 4);
         assert_eq!(per_warp, 8192 * 128 * 4 / (1024 * 8));
@@ -673,6 +999,29 @@ mod tests {
             l.combine_grid,
             ((8192 * 128 * 4 / (8 * per_warp)) as u32, 1, 1)
         );
+    }
+
+    #[test]
+    fn kv_heads_beyond_the_decode_grid_y_are_refused() {
+        let h = MAX_GRID_Y_Z + 1;
+        let shape = DecodeShape::new(1, 1, h, h).unwrap();
+        let mut a = good();
+        a.q.1 = [1, 1, h, HEAD_DIM_K];
+        a.q.2 = contiguous(a.q.1);
+        a.k_cache.1[2] = h;
+        a.k_cache.2 = contiguous(a.k_cache.1);
+        a.block_table.1[0] = 1;
+        a.out.1 = [1, 1, h, HEAD_DIM_V];
+        a.out.2 = contiguous(a.out.1);
+        a.lse.1 = [1, h, 1];
+        a.lse.2 = contiguous(a.lse.1);
+        match validate(&shape, 1, true, HOPPER, &a) {
+            Err(Error::Overflow { what, value, .. }) => {
+                assert!(what.starts_with("h_kv"));
+                assert_eq!(value, h as u128);
+            }
+            other => panic!("{:?}", other.err()),
+        }
     }
 
     #[test]

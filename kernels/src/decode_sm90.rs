@@ -33,7 +33,7 @@ use crate::arch;
 use crate::attn::{self, RequestRange};
 use crate::hopper::{self as hw, WgmmaElement};
 use crate::unroll;
-use flashmla_abi::params::{DecodeParams, DecodingSchedMeta, Sm90DecodeParams};
+use flashmla_abi::params::{DecodeParams, DecodingSchedMeta, Sm90DecodeParams, TENSOR_MAP_BYTES};
 use flashmla_abi::sm90_config::{
     sm90_smem as smem, Sm90SharedMemory, K_TILES, SM90_THREADS, TILE_BYTES, TILE_COLS,
     V_TILES_PER_WARPGROUP, WARPGROUP_THREADS,
@@ -1031,8 +1031,8 @@ pub(crate) unsafe fn load_q<const ROPE_ROW_MAJOR: bool>(
 /// TMA-issuing thread (thread `WG`). Returns the slot's address.
 ///
 /// # Safety
-/// Every thread of the CTA, before any TMA or mbarrier use; `params.tensor_map_slots` has 128 bytes
-/// per CTA of the grid.
+/// Every thread of the CTA, before any TMA or mbarrier use; `params.tensor_map_slots` has
+/// `TENSOR_MAP_BYTES` bytes per CTA of the grid.
 #[inline(always)]
 pub(crate) unsafe fn cta_prologue(params: &Sm90DecodeParams, smem: Smem, tid: u32) -> u64 {
     let p = &params.common;
@@ -1044,7 +1044,7 @@ pub(crate) unsafe fn cta_prologue(params: &Sm90DecodeParams, smem: Smem, tid: u3
         arch::block_idx_z() as usize,
     );
     let cta_linear = m_block + m_blocks * (kv_head + p.num_heads_kv as usize * part);
-    let tensor_map = params.tensor_map_slots + cta_linear as u64 * 128;
+    let tensor_map = params.tensor_map_slots + cta_linear as u64 * TENSOR_MAP_BYTES as u64;
     if tid == 0 {
         for i in 0..2 * K_TILES {
             // SAFETY: inside the barrier array; nobody waits before the CTA barrier below.

@@ -24,7 +24,10 @@ done
 [ -n "$out" ] || { echo "ptx-link: missing -o" >&2; exit 1; }
 for tool in llvm-link opt llc; do
   command -v "$tool" >/dev/null || {
-    echo "ptx-link: $tool not found; run: rustup component add llvm-tools --toolchain nightly-2026-05-20" >&2
+    # The nightly is named in one place, kernels/rust-toolchain.toml (as build.rs reads it).
+    toolchain=$(sed -n 's/^[[:space:]]*channel[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' \
+      "$(dirname "$0")/../rust-toolchain.toml")
+    echo "ptx-link: $tool not found; run: rustup component add llvm-tools --toolchain ${toolchain:-<the channel of kernels/rust-toolchain.toml>}" >&2
     exit 1
   }
 done

@@ -51,6 +51,14 @@ pub const FIXED_OVERHEAD_NUM_BLOCKS: i32 = 5;
 pub const SCHED_META_THREADS: u32 = 512;
 /// Largest dynamic shared memory an sm_80/sm_90 CTA can opt into, in bytes.
 pub const MAX_DYNAMIC_SMEM_BYTES: usize = 227 * 1024;
+/// Dynamic shared memory a CTA may use without opting in (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`
+/// defaults to it), in bytes: a launch that needs more must raise the kernel's attribute first.
+pub const DEFAULT_DYNAMIC_SMEM_BYTES: usize = 48 * 1024;
+/// Largest extent of a launch grid's y and z dimensions (CUDA's limit). The decode grid's y is `h_kv` and
+/// its z the number of SM parts; the combine grid's y is the batch.
+pub const MAX_GRID_Y_Z: usize = 65_535;
+/// Largest extent of a launch grid's x dimension (CUDA's limit, `2^31 − 1`).
+pub const MAX_GRID_X: usize = i32::MAX as usize;
 /// Shared memory of the scheduler-metadata kernel before its arrays: one `i64` per warp (the scan's
 /// warp totals), then the number of part boundaries the serial chain recorded (8 bytes).
 pub const SCHED_META_SCRATCH_BYTES: usize = 8 * (SCHED_META_THREADS as usize / 32) + 8;
@@ -84,6 +92,8 @@ const _: () = assert!(
     HEAD_DIM_K.is_multiple_of(64) && HEAD_DIM_V.is_multiple_of(64) && HEAD_DIM_V < HEAD_DIM_K
 );
 const _: () = assert!(PAGE_BLOCK_SIZE == BLOCK_SIZE_M);
+// The combine grid's y is the batch: every batch a decode shape takes fits, so the host need not check.
+const _: () = assert!(MAX_SCHED_BATCH <= MAX_GRID_Y_Z);
 const _: () = assert!(
     SCHED_META_THREADS.is_multiple_of(32)
         && SCHED_META_THREADS <= 1024
@@ -95,7 +105,7 @@ const _: () = assert!(
 mod tests {
     use super::*;
     use crate::decode_config::COMBINE_WARPS;
-    use crate::params::{combine_tasks_per_warp, COMBINE_TARGET_CTAS};
+    use crate::params::{combine_grid_x, combine_tasks_per_warp, COMBINE_TARGET_CTAS};
 
     #[test]
     fn m_block_rows() {
@@ -104,6 +114,26 @@ mod tests {
         assert_eq!(m_block_valid_rows(126, 1), 62);
         assert_eq!(m_block_valid_rows(128, 1), 64);
         assert_eq!(m_block_valid_rows(128, 2), 0);
+    }
+
+    #[test]
+    fn combine_grid_never_exceeds_its_target() {
+        let mut tasks = 1usize;
+        while tasks < 1 << 40 {
+            for b in [1, 2, 3, 7, 64, 1000, MAX_SCHED_BATCH] {
+                for t in [tasks - 1, tasks, tasks + 1] {
+                    let ctas = combine_grid_x(t, b);
+                    assert!(
+                        ctas <= COMBINE_TARGET_CTAS,
+                        "{t} tasks, b = {b}: {ctas} CTAs"
+                    );
+                    // Every task has a warp.
+                    let warps = ctas * COMBINE_WARPS as usize;
+                    assert!(warps * combine_tasks_per_warp(b * t) >= t);
+                }
+            }
+            tasks = tasks * 3 / 2 + 1;
+        }
     }
 
     #[test]

@@ -175,6 +175,11 @@ pub struct TensorMapBytes(pub [u64; 16]);
 // SAFETY: repr(C), integers only.
 unsafe impl DeviceRecord for TensorMapBytes {}
 
+/// Bytes of one tensor-map slot of [`Sm90DecodeParams::tensor_map_slots`]: one `CUtensorMap`. The host
+/// allocates `CTAs × TENSOR_MAP_BYTES` and each Hopper decode CTA finds its slot at `cta × TENSOR_MAP_BYTES`.
+pub const TENSOR_MAP_BYTES: usize = core::mem::size_of::<TensorMapBytes>();
+const _: () = assert!(TENSOR_MAP_BYTES == 128, "a CUtensorMap is 128 bytes");
+
 /// Parameters of the Hopper split-KV decode kernels: the common record plus the KV cache's tensor map.
 ///
 /// A tensor map must live in global, constant or kernel-parameter memory when TMA reads it, and Rust
@@ -189,7 +194,8 @@ pub struct Sm90DecodeParams {
     /// `k_cache` as a 4-D tensor `(576 columns, 64 tokens, h_kv, num_blocks)`, box 64 × 64, 128-byte
     /// swizzle, zero fill outside the cache.
     pub k_tensor_map: TensorMapBytes,
-    /// Device address of `grid size × 128` bytes, 64-byte aligned: one tensor-map slot per CTA.
+    /// Device address of `grid size × TENSOR_MAP_BYTES` bytes, 64-byte aligned: one tensor-map slot
+    /// per CTA.
     pub tensor_map_slots: u64,
 }
 
@@ -242,6 +248,27 @@ pub const fn combine_tasks_per_warp(tasks: usize) -> usize {
         per_warp
     }
 }
+
+/// The combine grid's x extent for `tasks` (row, column quarter) tasks per request in a batch of
+/// `batch_size`: CTAs of `COMBINE_WARPS` warps, each warp taking
+/// [`combine_tasks_per_warp`]`(batch_size · tasks)` tasks.
+///
+/// Never above [`COMBINE_TARGET_CTAS`], whatever the shape: with `W = COMBINE_WARPS` and
+/// `C = COMBINE_TARGET_CTAS`, a warp takes `p ≥ batch_size · tasks / (C · W) ≥ tasks / (C · W)` tasks
+/// (for `batch_size ≥ 1`), so the grid has `⌈tasks / (W · p)⌉ ≤ ⌈C⌉ = C` CTAs. (A saturated product
+/// only makes `p` larger.) So the host need not check the grid's x limit; the asserts below hold the
+/// constants to it.
+pub const fn combine_grid_x(tasks: usize, batch_size: usize) -> usize {
+    let per_warp = combine_tasks_per_warp(batch_size.saturating_mul(tasks));
+    tasks.div_ceil(crate::decode_config::COMBINE_WARPS as usize * per_warp)
+}
+const _: () = assert!(COMBINE_TARGET_CTAS <= crate::MAX_GRID_X);
+// The largest task count a decode shape makes (s_q · h_q < 2^31 rows, 4 tasks each), alone and in the
+// largest batch.
+const _: () = assert!(
+    combine_grid_x(4 * i32::MAX as usize, 1) <= COMBINE_TARGET_CTAS
+        && combine_grid_x(4 * i32::MAX as usize, crate::MAX_SCHED_BATCH) <= COMBINE_TARGET_CTAS
+);
 
 /// Where the final results go: `out [b, s_q, h_q, 512]` (q's dtype, last dimension contiguous) and
 /// `lse [b, h_q, s_q]` (`f32`, natural log), with element strides. Written by the decode kernel for
