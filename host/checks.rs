@@ -7,36 +7,38 @@
 
 use crate::sched::SchedMetadata;
 use crate::{Error, FlashMla, Result};
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaContext, CudaStream};
 use flashmla_abi::decode_config::smem;
 use std::sync::Arc;
 
 impl FlashMla {
     /// `stream` belongs to this handle's context.
     pub(crate) fn check_stream(&self, stream: &CudaStream) -> Result<()> {
-        let ctx = stream.context();
-        if ctx.cu_ctx() != self.inner.ctx.cu_ctx() {
-            return Err(Error::WrongDevice {
-                name: "stream",
-                expected: self.inner.info.ordinal,
-                got: ctx.ordinal(),
-            });
-        }
-        Ok(())
+        self.check_context("stream", stream.context())
     }
 
     /// The buffer `name`, made on the stream `owner` (cudarc records it), belongs to this handle's
     /// context.
     pub(crate) fn check_buffer(&self, name: &'static str, owner: &Arc<CudaStream>) -> Result<()> {
-        let ctx = owner.context();
-        if ctx.cu_ctx() != self.context().cu_ctx() {
-            return Err(Error::WrongDevice {
-                name,
-                expected: self.device_info().ordinal,
-                got: ctx.ordinal(),
-            });
+        self.check_context(name, owner.context())
+    }
+
+    /// `ctx`, the context of argument `name`, is this handle's: another device is
+    /// [`Error::WrongDevice`], another context of the same device [`Error::WrongContext`].
+    fn check_context(&self, name: &'static str, ctx: &Arc<CudaContext>) -> Result<()> {
+        if ctx.cu_ctx() == self.context().cu_ctx() {
+            return Ok(());
         }
-        Ok(())
+        let device = self.device_info().ordinal;
+        Err(if ctx.ordinal() == device {
+            Error::WrongContext { name, device }
+        } else {
+            Error::WrongDevice {
+                name,
+                expected: device,
+                got: ctx.ordinal(),
+            }
+        })
     }
 
     /// `metadata` (passed as `name`: the metadata itself, or the plan holding it) was allocated by a

@@ -95,6 +95,17 @@ pub enum Error {
         /// The buffer's device ordinal.
         got: usize,
     },
+    /// A stream or buffer of another CUDA context on this handle's device (for example a second
+    /// `CudaContext::new` of the same ordinal): its memory and work are not ordered with this handle's.
+    #[error(
+        "{name} belongs to another CUDA context on device {device} than this FlashMla handle's"
+    )]
+    WrongContext {
+        /// The argument.
+        name: &'static str,
+        /// The device ordinal both contexts are on.
+        device: usize,
+    },
     /// A plan or scheduler metadata made by a handle of another CUDA context: its buffers belong to that
     /// context, so this handle cannot use them.
     #[error("{name} was made by a FlashMla handle of another CUDA context (on device {made_on}); this handle's context is on device {device}: make plans and metadata with the handle that uses them")]
@@ -352,6 +363,14 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "tile_scheduler_metadata: the base address (bytes) must be a multiple of 32, got 4100"
+        );
+        let e = Error::WrongContext {
+            name: "cache_seqlens",
+            device: 0,
+        };
+        assert_eq!(
+            e.to_string(),
+            "cache_seqlens belongs to another CUDA context on device 0 than this FlashMla handle's"
         );
     }
 

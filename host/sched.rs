@@ -314,8 +314,12 @@ impl SchedMetadata {
         )
     }
 
-    /// Copies the schedule to the host (synchronises `stream`).
+    /// Copies the schedule to the host (synchronises `stream`); [`Error::MetadataNotComputed`] before
+    /// any schedule was written (the buffers are allocated uninitialised).
     pub fn to_host(&self, stream: &Arc<CudaStream>) -> Result<Schedule> {
+        if !self.computed {
+            return Err(Error::MetadataNotComputed);
+        }
         let words = stream
             .clone_dtoh(&self.tile_scheduler_metadata)
             .map_err(Error::cuda("cuMemcpyDtoH"))?;
@@ -385,7 +389,8 @@ impl FlashMla {
     ) -> Result<SchedMetadata> {
         self.check_stream(stream)?;
         let num_sm_parts = shape.num_sm_parts(self.device_info().sm_count);
-        // SAFETY: i32 has no invalid bit patterns; the kernel writes every element before any reader.
+        // SAFETY: i32 has no invalid bit patterns; nothing reads them before a schedule is written
+        // (`computed`: decode and to_host refuse uncomputed metadata; buffers_mut is unsafe).
         let tile_scheduler_metadata =
             unsafe { stream.alloc::<i32>(num_sm_parts * SCHED_META_WORDS) }
                 .map_err(Error::cuda("cuMemAlloc"))?;

@@ -807,9 +807,9 @@ gpu_case!(decode_rejects_bad_buffers_before_launch, |fm| {
         expect("foreign buffer", r, |e| {
             matches!(
                 e,
-                Error::WrongDevice {
+                Error::WrongContext {
                     name: "cache_seqlens",
-                    ..
+                    device: 0,
                 }
             )
         })?;
