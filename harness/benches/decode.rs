@@ -2,11 +2,11 @@
 //! Skipped without a GPU. `flashmla bench` is the full grid with ceilings and an L2 flush per run; here
 //! the KV caches of the b = 128 shapes (≥ 600 MB) dwarf the 60 MB L2, so back-to-back runs do not hit it.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use flashmla::cudarc::driver::sys::CUevent_flags;
 use flashmla::half::bf16;
 use flashmla::{DType, DecodeShape, OutputBuffers};
 use flashmla_harness::bench::{flashmla_bytes, flashmla_flops};
 use flashmla_harness::case::{CaseSpec, DeviceCase};
+use flashmla_harness::gpu_time;
 use std::time::Duration;
 
 /// (b, s_q, mean s_k, h_q, varlen): memory-bound, compute-bound, MTP, varlen, small batch.
@@ -52,18 +52,12 @@ fn bench(c: &mut Criterion) {
         );
         group.bench_function(BenchmarkId::from_parameter(id), |bencher| {
             bencher.iter_custom(|iters| {
-                let start = stream
-                    .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                    .expect("event");
-                for _ in 0..iters {
-                    fm.decode(&stream, &mut plan, &args, &mut outputs, case.options())
-                        .expect("decode");
-                }
-                let end = stream
-                    .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                    .expect("event");
-                end.synchronize().expect("sync");
-                Duration::from_secs_f64(start.elapsed_ms(&end).expect("elapsed") as f64 / 1e3)
+                gpu_time(&stream, || {
+                    for _ in 0..iters {
+                        fm.decode(&stream, &mut plan, &args, &mut outputs, case.options())
+                            .expect("decode");
+                    }
+                })
             })
         });
     }

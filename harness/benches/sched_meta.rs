@@ -2,25 +2,10 @@
 //! launches back to back (CUDA events; the host's launch cost included), `gpu-graph/b` the kernel
 //! without it: 64 launches captured in one CUDA graph, replayed, time per launch.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use flashmla::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use flashmla::cudarc::driver::CudaStream;
+use flashmla::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use flashmla::{get_mla_metadata_cpu, DecodeShape};
+use flashmla_harness::gpu_time;
 use flashmla_harness::rng::SplitMix64;
-use std::time::Duration;
-
-/// GPU time of the work `queue` puts on `stream`, between two CUDA events.
-fn gpu_time(stream: &CudaStream, queue: impl FnOnce()) -> Duration {
-    let event = || {
-        stream
-            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .expect("event")
-    };
-    let start = event();
-    queue();
-    let end = event();
-    end.synchronize().expect("sync");
-    Duration::from_secs_f64(start.elapsed_ms(&end).expect("elapsed") as f64 / 1e3)
-}
 
 fn seqlens(b: usize) -> Vec<i32> {
     let mut rng = SplitMix64::new(b as u64);

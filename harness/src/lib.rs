@@ -33,9 +33,11 @@ pub mod rng;
 pub mod runner;
 pub mod shapes;
 
-use flashmla::cudarc::driver::{CudaContext, DriverError};
+use flashmla::cudarc::driver::sys::CUevent_flags;
+use flashmla::cudarc::driver::{CudaContext, CudaStream, DriverError};
 use flashmla::Error;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Device 0 for a benchmark, or `None` (said on stderr) where this machine cannot run one: no driver, no
 /// device, or a GPU older than sm_80 — and `FLASHMLA_REQUIRE_GPU` is not `1`. Any other failure to open
@@ -51,6 +53,21 @@ pub fn bench_device(bench: &str) -> Option<flashmla::FlashMla> {
         }
         Err(e) => panic!("{bench}: opening device 0: {e}"),
     }
+}
+
+/// GPU time of the work `queue` puts on `stream`, between two CUDA events: what a criterion bench's
+/// `iter_custom` returns. A CUDA error panics, which criterion reports as the bench's failure.
+pub fn gpu_time(stream: &CudaStream, queue: impl FnOnce()) -> Duration {
+    let event = || {
+        stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .expect("cuEventRecord")
+    };
+    let start = event();
+    queue();
+    let end = event();
+    end.synchronize().expect("cuEventSynchronize");
+    Duration::from_secs_f64(start.elapsed_ms(&end).expect("cuEventElapsedTime") as f64 / 1e3)
 }
 
 /// cudarc's cross-stream event tracking, off for as long as this guard lives (a CUDA-graph capture

@@ -11,6 +11,7 @@ mod validate;
 
 #[cfg(test)]
 pub(crate) use validate::check_no_self_overlap;
+use validate::kernel_for_handle;
 pub(crate) use validate::{validate, Available, DecodeLaunch, LaunchKernel};
 
 use crate::launch::{self, LaunchConfig};
@@ -323,13 +324,11 @@ impl FlashMla {
     /// # Ok(()) }
     /// ```
     pub fn resolve_kernel(&self, kernel: DecodeKernel) -> Result<DecodeKernel> {
-        match (kernel, self.inner.decode_sm90.is_some()) {
-            (DecodeKernel::Portable, _) | (DecodeKernel::Auto, false) => Ok(DecodeKernel::Portable),
-            (DecodeKernel::Hopper | DecodeKernel::Auto, true) => Ok(DecodeKernel::Hopper),
-            (DecodeKernel::Hopper, false) => Err(Error::KernelUnavailable {
-                module: self.inner.ptx.name,
-            }),
-        }
+        kernel_for_handle(
+            kernel,
+            self.inner.decode_sm90.is_some(),
+            self.inner.ptx.name,
+        )
     }
 
     /// Multi-head latent attention decode over a paged KV cache: FlashMLA's `flash_mla_with_kvcache`.

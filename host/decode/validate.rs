@@ -263,39 +263,47 @@ pub(crate) fn validate(
     })
 }
 
-/// The kernel a call runs. [`DecodeKernel::Auto`] is the Hopper kernel where the handle has it, the
-/// plan has tensor-map slots and TMA can read the KV cache view ([`k_tma_strides`]), else the portable
-/// kernel, which runs all of these. [`DecodeKernel::Hopper`] is that or an error saying which is missing.
+/// The kernel `kernel` stands for on a handle with (`hopper`) or without the Hopper kernels, before a
+/// call's plan and KV-cache view are looked at: [`DecodeKernel::Portable`] or [`DecodeKernel::Hopper`],
+/// never `Auto`; the Hopper kernel where there is none is [`Error::KernelUnavailable`] naming
+/// `module`. [`FlashMla::resolve_kernel`] reports this; [`resolve_kernel`] starts from it, so the two
+/// cannot disagree.
+///
+/// [`FlashMla::resolve_kernel`]: crate::FlashMla::resolve_kernel
+pub(crate) fn kernel_for_handle(
+    kernel: DecodeKernel,
+    hopper: bool,
+    module: &'static str,
+) -> Result<DecodeKernel> {
+    match (kernel, hopper) {
+        (DecodeKernel::Portable, _) | (DecodeKernel::Auto, false) => Ok(DecodeKernel::Portable),
+        (DecodeKernel::Hopper | DecodeKernel::Auto, true) => Ok(DecodeKernel::Hopper),
+        (DecodeKernel::Hopper, false) => Err(Error::KernelUnavailable { module }),
+    }
+}
+
+/// The kernel a call runs. [`DecodeKernel::Auto`] is the Hopper kernel where the handle has it
+/// ([`kernel_for_handle`]), the plan has tensor-map slots and TMA can read the KV cache view
+/// ([`k_tma_strides`]), else the portable kernel, which runs all of these. [`DecodeKernel::Hopper`] is
+/// that or an error saying which is missing, in that order.
 fn resolve_kernel(
     kernel: DecodeKernel,
     available: Available,
     k_shape: [usize; 4],
     k_strides: [usize; 4],
 ) -> Result<LaunchKernel> {
-    match kernel {
-        DecodeKernel::Portable => Ok(LaunchKernel::Portable),
-        DecodeKernel::Auto => Ok(
-            match (
-                available.hopper && available.plan_tensor_map_slots,
-                k_tma_strides(k_shape, k_strides),
-            ) {
-                (true, Ok(k_strides)) => LaunchKernel::Hopper { k_strides },
-                _ => LaunchKernel::Portable,
-            },
-        ),
-        DecodeKernel::Hopper => {
-            if !available.hopper {
-                return Err(Error::KernelUnavailable {
-                    module: available.module,
-                });
-            }
-            if !available.plan_tensor_map_slots {
-                return Err(Error::PlanWithoutTensorMaps);
-            }
-            Ok(LaunchKernel::Hopper {
-                k_strides: k_tma_strides(k_shape, k_strides)?,
-            })
-        }
+    if kernel_for_handle(kernel, available.hopper, available.module)? == DecodeKernel::Portable {
+        return Ok(LaunchKernel::Portable);
+    }
+    // The handle has the Hopper kernels: what is left is this call's plan and view.
+    let hopper = if available.plan_tensor_map_slots {
+        k_tma_strides(k_shape, k_strides).map(|k_strides| LaunchKernel::Hopper { k_strides })
+    } else {
+        Err(Error::PlanWithoutTensorMaps)
+    };
+    match (kernel, hopper) {
+        (DecodeKernel::Auto, Err(_)) => Ok(LaunchKernel::Portable),
+        (_, result) => result,
     }
 }
 
@@ -951,6 +959,28 @@ mod tests {
         assert!(matches!(
             kernel_for(&good(), DecodeKernel::Hopper, SM80),
             Err(Error::KernelUnavailable { module: "sm80" })
+        ));
+    }
+
+    #[test]
+    fn kernel_for_handle_is_what_resolve_kernel_starts_from() {
+        use DecodeKernel::{Auto, Hopper, Portable};
+        for (kernel, hopper, expected) in [
+            (Auto, true, Hopper),
+            (Auto, false, Portable),
+            (Hopper, true, Hopper),
+            (Portable, true, Portable),
+            (Portable, false, Portable),
+        ] {
+            assert_eq!(
+                kernel_for_handle(kernel, hopper, "m").unwrap(),
+                expected,
+                "{kernel} {hopper}"
+            );
+        }
+        assert!(matches!(
+            kernel_for_handle(Hopper, false, "m"),
+            Err(Error::KernelUnavailable { module: "m" })
         ));
     }
 
